@@ -1,0 +1,134 @@
+"""One dataclass of hyperparameters, and the three profiles of the course.
+
+Introduced in chapter 00. Every field says its unit, and where SimCLR (Chen et al., 2020)
+states a value, the paper's value beside the course's.
+
+Profiles:
+    smoke   seconds on any CPU: tests, CI, every notebook under nbval.
+    laptop  a CPU learner with a 15-minute training budget (small ConvNet encoder).
+    gpu     ResNet-18 with the CIFAR stem and the full recipe (paper Appendix B.9).
+
+The profile comes from the argument, else the ``CLR_PROFILE`` environment variable, else
+``gpu`` when CUDA is available and ``laptop`` otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+
+PROFILES = ("smoke", "laptop", "gpu")
+
+
+@dataclass
+class Config:
+    profile: str = "laptop"
+
+    # data
+    dataset: str = "auto"  # auto | cifar10 | folder | synthetic ("auto": what is on disk)
+    data_dir: str | None = None  # None: $CLR_DATA_DIR, else data/ in the project
+    image_size: int = 32  # pixels per side; CIFAR-10 is 32
+    max_per_class: int | None = None  # images per class kept from train (None: all)
+    val_fraction: float = 0.1  # stratified share of train held out for validation
+    download: bool = True  # may torchvision download CIFAR-10?
+
+    # augmentation, paper Appendix A (chapter 01)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction; paper (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio; paper (3/4, 4/3)
+    flip_p: float = 0.5  # horizontal flip probability; paper 0.5
+    color_strength: float = 0.5  # s; paper 1.0 on ImageNet, 0.5 on CIFAR-10
+    color_p: float = 0.8  # probability of colour jitter; paper 0.8
+    gray_p: float = 0.2  # probability of grayscale; paper 0.2
+    blur: bool = False  # Gaussian blur; paper: on for ImageNet, off for CIFAR-10
+
+    # model (chapter 02)
+    encoder: str = "convnet"  # convnet | resnet18 | resnet50; paper ResNet-50
+    width: int = 32  # channels of the first ConvNet stage (convnet only)
+    head: str = "nonlinear"  # none | linear | nonlinear; paper nonlinear
+    proj_hidden_dim: int | None = None  # hidden units of g; None: the width of h (paper)
+    proj_dim: int = 128  # size of z; paper 128
+
+    # loss (chapter 03)
+    temperature: float = 0.5  # tau; paper 0.5 on CIFAR-10 (Table B.9), 0.1 on ImageNet
+
+    # optimisation (chapter 04)
+    optimizer: str = "adamw"  # adamw | sgd | lars; paper LARS
+    batch_size: int = 256  # N images, 2N views; paper 4096 (ImageNet), 512-1024 (CIFAR-10)
+    lr: float = 2e-3  # peak learning rate for batch_size 256; scaled linearly for others
+    weight_decay: float = 1e-4  # paper 1e-6 with LARS
+    momentum: float = 0.9  # SGD and LARS
+    num_epochs: int = 30  # passes over train; paper 100-1000 on CIFAR-10
+    budget_minutes: float | None = None  # wall-clock budget; sets the number of steps
+    warmup_epochs: float = 1.0  # linear warmup; paper 10 epochs
+    compile: bool = False  # torch.compile the encoder (CUDA only)
+
+    # evaluation (chapter 05)
+    knn_k: int = 200  # neighbours in the kNN monitor; Wu et al. (2018) 200
+    knn_t: float = 0.1  # temperature of the kNN votes
+    eval_every: int = 5  # epochs between kNN checks (0: only at the end)
+
+    # bookkeeping
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    num_threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some fields changed; unknown names raise a clear error."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"Config has no field(s) {sorted(unknown)}; fields: "
+                            f"{[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+
+# Each profile states only what differs from the defaults above.
+_PRESETS: dict[str, dict] = {
+    "smoke": dict(max_per_class=100, download=False, width=16, batch_size=128,
+                  num_epochs=1, eval_every=0, knn_k=20, warmup_epochs=0.0),
+    "laptop": dict(encoder="convnet", width=32, batch_size=256, lr=2e-3,
+                   optimizer="adamw", temperature=0.5, budget_minutes=15.0),
+    "gpu": dict(encoder="resnet18", batch_size=512, optimizer="lars", lr=0.3 * 512 / 256,
+                weight_decay=1e-6, temperature=0.5, num_epochs=800, warmup_epochs=10.0,
+                eval_every=10, compile=True),
+}
+
+
+def default_profile() -> str:
+    """``$CLR_PROFILE`` if set, else ``gpu`` with CUDA and ``laptop`` without."""
+    name = os.environ.get("CLR_PROFILE")
+    if name:
+        return name
+    return "gpu" if torch.cuda.is_available() else "laptop"
+
+
+def get_config(profile: str | None = None, **overrides) -> Config:
+    """The hyperparameters of a profile, with any field overridden by keyword.
+
+    >>> get_config("smoke", temperature=0.2).temperature
+    0.2
+    """
+    profile = profile or default_profile()
+    if profile not in _PRESETS:
+        raise ValueError(f"Unknown profile {profile!r}: choose one of {PROFILES} "
+                         "(argument or the CLR_PROFILE environment variable).")
+    return Config(profile=profile).replace(**{**_PRESETS[profile], **overrides})
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device='auto' "
+                           "or 'cpu'.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise RuntimeError("device='mps' but MPS is not available here; use 'auto' or 'cpu'.")
+    return torch.device(name)
