@@ -7,6 +7,22 @@ The data path walks one way, one module a step, each named after the paper's ter
 
 from clr_lib.config import Config, get_config, pick_device
 from clr_lib.data import DatasetError, ImageData, Splits, load_dataset, load_splits, make_synthetic
+from clr_lib.augment import (CIFAR10_MEAN, CIFAR10_STD, SimCLRAugment, apply_params, augment_batch,
+                             denormalize, normalize, reference_transform, sample_params, two_views)
+from clr_lib.models import (ConvNet, ProjectionHead, ResNetEncoder, SimCLR, build_encoder,
+                            build_model, count_parameters, projection_head)
+from clr_lib.loss import NTXentLoss, nt_xent
+from clr_lib.diagnostics import (alignment, embedding_report, embedding_std, positive_rank,
+                                 positive_topk, uniformity)
 
-__all__ = ["Config", "get_config", "pick_device",
-           "DatasetError", "ImageData", "Splits", "load_dataset", "load_splits", "make_synthetic"]
+__all__ = [
+    "Config", "get_config", "pick_device",
+    "DatasetError", "ImageData", "Splits", "load_dataset", "load_splits", "make_synthetic",
+    "CIFAR10_MEAN", "CIFAR10_STD", "SimCLRAugment", "apply_params", "augment_batch",
+    "denormalize", "normalize", "reference_transform", "sample_params", "two_views",
+    "ConvNet", "ProjectionHead", "ResNetEncoder", "SimCLR", "build_encoder", "build_model",
+    "count_parameters", "projection_head",
+    "NTXentLoss", "nt_xent",
+    "alignment", "embedding_report", "embedding_std", "positive_rank", "positive_topk",
+    "uniformity",
+]

@@ -1,0 +1,327 @@
+"""Pretraining SimCLR: the loop, LARS, warmup + cosine, time budgets, checkpoints, torchrun.
+
+Introduced in chapter 04. One step walks the data path of the paper's Algorithm 1:
+
+    uint8 batch -> two_views -> x_i, x_j -> f -> h -> g -> z -> NT-Xent -> optimiser step
+
+    python -m clr_lib.train --profile laptop                  # 15 minutes on a CPU
+    python -m clr_lib.train --profile gpu --run-dir runs/gpu  # ResNet-18, 800 epochs
+    torchrun --nproc_per_node 4 -m clr_lib.train --profile gpu  # 4 GPUs, global batch kept
+    python -m clr_lib.train --profile laptop --resume         # continue runs/laptop
+
+Every Config field is also an option (``--temperature 0.2``, ``--crop-scale 0.2 1.0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from clr_lib.augment import SimCLRAugment, two_views
+from clr_lib.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from clr_lib.config import Config, get_config, pick_device
+from clr_lib.data import Splits, load_splits
+from clr_lib.evaluate import extract_features, knn_accuracy
+from clr_lib.loss import nt_xent
+from clr_lib.models import build_model
+
+# ----------------------------------------------------------------------------- optimisation
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and Layer-wise Adaptive Rate Scaling (You et al., 2017).
+
+    The paper: "we use LARS optimizer for all batch sizes" (Section B.1); as in its code, the
+    groups with ``lars=False`` (biases and BatchNorm) get neither weight decay nor the
+    trust-ratio adaptation. For the others, the update direction d = grad + wd * w is scaled
+    by eta * ||w|| / ||d|| before the momentum.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      eta=eta, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=group["weight_decay"]) if group["lars"] else p.grad
+                if group["lars"]:
+                    w_norm, d_norm = p.norm(), d.norm()
+                    trust = torch.where((w_norm > 0) & (d_norm > 0),
+                                        group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    d = d.mul(trust)
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weights of convs and linears decay; biases and BatchNorm parameters (1-d) do not."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [dict(params=decay, weight_decay=weight_decay, lars=True),
+            dict(params=rest, weight_decay=0.0, lars=False)]
+
+
+def peak_lr(cfg: Config) -> float:
+    """The linear scaling rule of the paper: LR = lr x batch_size / 256 (Section B.1)."""
+    return cfg.lr * cfg.batch_size / 256
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    groups, lr = param_groups(model, cfg.weight_decay), peak_lr(cfg)
+    if cfg.optimizer == "adamw":
+        for g in groups:
+            g.pop("lars")
+        return torch.optim.AdamW(groups, lr=lr)
+    if cfg.optimizer == "sgd":
+        for g in groups:
+            g.pop("lars")
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.optimizer == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum)
+    raise ValueError(f"Unknown optimizer {cfg.optimizer!r}: choose 'adamw', 'sgd' or 'lars'.")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warmup to ``peak``, then cosine decay to zero at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike | None = None,
+          resume: bool = False, callback: Callable[[dict], None] | None = None) -> dict:
+    """Pretrain SimCLR as ``cfg`` says; return the history (loss, lr, throughput, kNN).
+
+    With ``cfg.budget_minutes`` the loop times its first steps and sets the number of steps
+    so that warmup + cosine ends within the budget (re-estimated after every epoch).
+    A checkpoint is written to ``run_dir`` after every epoch; ``resume=True`` continues it.
+    ``callback(history)`` runs after every epoch (chapter 04 draws its live plot there).
+    """
+    rank, world = _init_distributed()
+    device = pick_device(cfg.device) if world == 1 else _rank_device()
+    torch.manual_seed(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    splits = splits or load_splits(cfg)
+    images = splits.train.images.to(device)  # uint8 in memory: augmented a batch at a time
+    model = build_model(cfg).to(device)
+    net = _wrap_distributed(model, device) if world > 1 else model
+    aug = SimCLRAugment.from_config(cfg)
+    optimizer = build_optimizer(cfg, model)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)  # views differ per rank
+    order_gen = torch.Generator().manual_seed(cfg.seed)  # same batches on every rank
+    local_batch = cfg.batch_size // world
+    steps_per_epoch = len(images) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(images)} "
+                         "training images; lower --batch-size.")
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    total = cfg.num_epochs * steps_per_epoch
+    history = dict(step=[], loss=[], lr=[], seconds=[], knn_step=[], knn_top1=[],
+                   images_per_s=[], total_steps=total)
+    step, elapsed, run_dir = 0, 0.0, Path(run_dir) if run_dir else None
+    if resume:  # a budgeted run keeps its length; an epoch-based one may be extended
+        step, elapsed, saved_total, history = _resume(run_dir, model, optimizer, gen, cfg)
+        total = saved_total if cfg.budget_minutes else total
+    autocast = _autocast(device)
+    budget = cfg.budget_minutes * 60 if cfg.budget_minutes else None
+
+    start = time.perf_counter() - elapsed
+    model.train()
+    while step < total:
+        epoch, t_epoch = step // steps_per_epoch, time.perf_counter()
+        perm = torch.randperm(len(images), generator=order_gen)
+        for b in range(step % steps_per_epoch, steps_per_epoch):
+            idx = perm[b * cfg.batch_size + rank * local_batch:][:local_batch].to(device)
+            lr = lr_at(step, total, warmup, peak_lr(cfg))
+            x_i, x_j = two_views(images[idx], aug, gen)  # (N, 3, S, S) each
+            with autocast:
+                h, z = net(torch.cat([x_i, x_j]))  # (2N, d_h), (2N, d_z)
+            z_i, z_j = z.float().chunk(2)
+            loss = nt_xent(z_i, z_j, cfg.temperature, distributed=world > 1)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"The loss became {loss.item()} at step {step} (lr {lr:.3g}). Training "
+                    f"stopped; the last good checkpoint is in {run_dir or '(no run_dir)'}. "
+                    "Try a lower --lr, a higher --temperature or more --warmup-epochs.")
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            for key, value in zip(("step", "loss", "lr", "seconds"),
+                                  (step, loss.item(), lr, time.perf_counter() - start)):
+                history[key].append(value)
+            if budget and step == _PROBE_STEPS:
+                total = _steps_in_budget(history, budget, step, total, world)
+            if step >= total:
+                break
+        history["images_per_s"].append(
+            (step - epoch * steps_per_epoch) * cfg.batch_size / (time.perf_counter() - t_epoch))
+        if rank == 0 and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and step < total:
+            _monitor(model, splits, cfg, device, step, history)
+        if budget and step < total:
+            total = _steps_in_budget(history, budget, step, total, world)
+        history["total_steps"] = total
+        if rank == 0 and run_dir:
+            _save(run_dir, model, optimizer, gen, cfg, splits, step, total, history, start)
+        if callback and rank == 0:
+            callback(history)
+    if rank == 0:
+        _monitor(model, splits, cfg, device, step, history)
+        if run_dir:
+            _save(run_dir, model, optimizer, gen, cfg, splits, step, total, history, start)
+    return history
+
+
+_PROBE_STEPS = 10  # steps timed before a budgeted run fixes its length
+
+
+def _steps_in_budget(history: dict, budget_s: float, step: int, total: int, world: int) -> int:
+    """Steps that fit in the budget, from the pace of the steps so far (minus the first,
+    which pays for one-off warm-up costs)."""
+    secs = history["seconds"]
+    pace = (secs[-1] - secs[0]) / max(1, len(secs) - 1)  # seconds per step
+    estimate = step + int(max(0.0, budget_s - secs[-1]) / pace)
+    if world > 1:  # every rank must stop at the same step
+        t = torch.tensor([estimate], device=_rank_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        estimate = int(t.item())
+    return max(step, estimate)
+
+
+def _monitor(model, splits, cfg, device, step, history) -> None:
+    """kNN top-1 of h on the validation split, the training images as the bank."""
+    bank = extract_features(model.encoder, splits.train.images, device=device)
+    queries = extract_features(model.encoder, splits.val.images, device=device)
+    acc = knn_accuracy(bank, splits.train.labels, queries, splits.val.labels, cfg.knn_k, cfg.knn_t)
+    history["knn_step"].append(step)
+    history["knn_top1"].append(acc)
+    model.train()
+
+
+def _save(run_dir, model, optimizer, gen, cfg, splits, step, total, history, start) -> None:
+    save_checkpoint(Path(run_dir) / CHECKPOINT, model=model.state_dict(),
+                    optimizer=optimizer.state_dict(), config=dataclasses.asdict(cfg),
+                    classes=splits.classes, step=step, total_steps=total,
+                    elapsed=time.perf_counter() - start, history=history,
+                    generator=gen.get_state())
+
+
+def _resume(run_dir, model, optimizer, gen, cfg):
+    if run_dir is None:
+        raise ValueError("resume=True needs the run_dir of the run to continue.")
+    state = load_checkpoint(run_dir)
+    if state["config"].get("encoder") != cfg.encoder or state["config"].get("width") != cfg.width:
+        raise ValueError(f"The checkpoint in {run_dir} is a {state['config'].get('encoder')} of "
+                         f"width {state['config'].get('width')}, not the {cfg.encoder} of width "
+                         f"{cfg.width} asked for; use the same profile, or another --run-dir.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    return state["step"], state["elapsed"], state["total_steps"], state["history"]
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA (the paper trains in bf16 on TPUs); float32 elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+def _init_distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _rank_device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    """Global BatchNorm across processes, as the paper's (Section B.1), and DDP."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """--profile, plus one option per Config field (--batch-size 512, --crop-scale 0.2 1)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", choices=("smoke", "laptop", "gpu"), default=None)
+    for f in dataclasses.fields(Config):
+        if f.name == "profile":
+            continue
+        default = f.default
+        kind = (float if isinstance(default, tuple) else type(default)
+                if default is not None else str)
+        kwargs = dict(nargs=2, type=float) if isinstance(default, tuple) else dict(type=kind)
+        if isinstance(default, bool):
+            kwargs = dict(type=lambda s: s.lower() in ("1", "true", "yes"))
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            metavar=f.name.upper(), **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields and k != "profile"
+                 and v is not None}
+    for k, v in overrides.items():  # "none" switches an optional field off
+        if isinstance(v, list):
+            overrides[k] = tuple(v)
+        elif isinstance(v, str) and v.lower() == "none":
+            overrides[k] = None
+        elif fields[k].type in ("int | None", "float | None") and isinstance(v, str):
+            overrides[k] = (int if "int" in fields[k].type else float)(v)
+    return get_config(args.profile, **overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = config_parser("Pretrain SimCLR (chapter 04).")
+    parser.add_argument("--run-dir", default=None, help="where checkpoint.pt goes "
+                        "(default runs/<profile>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    run_dir = Path(args.run_dir or f"runs/{cfg.profile}")
+    history = train(cfg, run_dir=run_dir, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(dict(run_dir=str(run_dir), steps=history["step"][-1],
+                              minutes=round(history["seconds"][-1] / 60, 2),
+                              final_loss=round(history["loss"][-1], 4),
+                              knn_top1_val=history["knn_top1"][-1])))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Pictures of SimCLR: pure plotting functions behind the chapters' figures and sliders.
+
+Every function here takes tensors or numbers and returns a matplotlib Figure; it never
+reads files or global state, so the notebooks can call it once statically (a figure always
+renders, also under nbval) and again from an ipywidgets ``interact`` slider.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.colors import ListedColormap
+
+from clr_lib.diagnostics import alignment, anchor_softmax, hard_negative_share, uniformity
+from clr_lib.loss import nt_xent
+
+
+# --- chapter 01: augmentations ---
+
+def _pixels(image: torch.Tensor):
+    """(3, H, W) uint8, or float in [0, 1] -> (H, W, 3) numpy array for imshow."""
+    x = image.detach().cpu()
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def plot_view_grid(views: torch.Tensor, row_titles: list[str] | None = None,
+                   col_titles: list[str] | None = None, title: str = "",
+                   scale: float = 1.3) -> plt.Figure:
+    """A grid of images, one row per source image: views (R, K, 3, H, W), or (K, 3, H, W)
+    for a single row; uint8, or float pixels in [0, 1] (``augment.denormalize`` undoes the
+    normalisation). Pixels drawn as squares, no smoothing: 32x32 is what the encoder sees."""
+    views = views[None] if views.dim() == 4 else views
+    n_rows, n_cols = views.shape[:2]
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, layout="constrained",
+                             figsize=(scale * n_cols, scale * n_rows + (0.35 if title else 0)))
+    for r in range(n_rows):
+        for k in range(n_cols):
+            ax = axes[r][k]
+            ax.imshow(_pixels(views[r, k]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and col_titles:
+                ax.set_title(col_titles[k], fontsize=9)
+            if k == 0 and row_titles:
+                ax.set_ylabel(row_titles[r], fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_param_laws(reference: dict[str, list[float]], batched: dict[str, list[float]],
+                    bins: int = 30) -> plt.Figure:
+    """One panel per parameter (e.g. crop area fraction, aspect ratio): histograms of the
+    per-image reference's draws and the batched implementation's, on the same bins."""
+    keys = list(reference)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False,
+                             layout="constrained")
+    for ax, key in zip(axes[0], keys):
+        both = torch.tensor(list(reference[key]) + list(batched[key]), dtype=torch.float64)
+        edges = torch.linspace(float(both.min()), float(both.max()), bins + 1,
+                               dtype=torch.float64).tolist()  # float32 edges can drop the max
+        ax.hist(reference[key], bins=edges, alpha=0.5,
+                label=f"torchvision v2 (n={len(reference[key])})")
+        ax.hist(batched[key], bins=edges, histtype="step", lw=1.5, color="k",
+                label=f"batched (n={len(batched[key])})")
+        ax.set(xlabel=key, ylabel="draws")
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+# --- chapter 03: NT-Xent ---
+
+def similarity_masks(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Boolean (2N, 2N) masks of the self, positive and negative pairs of N images, with the
+    views stacked as [x_i of images 0..N-1; x_j of images 0..N-1] (as nt_xent stacks them)."""
+    rows = torch.arange(2 * n)
+    self_mask = torch.eye(2 * n, dtype=torch.bool)
+    pos_mask = torch.zeros(2 * n, 2 * n, dtype=torch.bool)
+    pos_mask[rows, (rows + n) % (2 * n)] = True  # view 1 of image k <-> view 2 of image k
+    return self_mask, pos_mask, ~(self_mask | pos_mask)
+
+
+def plot_similarity_matrix(z_i: torch.Tensor, z_j: torch.Tensor, title: str = "") -> plt.Figure:
+    """Heatmap of the 2N x 2N cosine similarities of [z_i; z_j], next to the masks NT-Xent
+    puts on it: the diagonal (self) is removed, the positive is each row's target, the other
+    2N-2 entries of the row are its negatives. z_i, z_j: (N, d)."""
+    n = z_i.shape[0]
+    z = torch.nn.functional.normalize(torch.cat([z_i, z_j]).float(), dim=1)
+    sim = (z @ z.T).detach().cpu()  # (2N, 2N)
+    self_mask, pos_mask, _ = similarity_masks(n)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
+    shown = torch.where(self_mask, float("nan"), sim)  # NaN draws as the 'bad' colour
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="lightgrey")
+    im = ax0.imshow(shown.numpy(), cmap=cmap, vmin=-1, vmax=1)
+    fig.colorbar(im, ax=ax0, fraction=0.046, label="sim(z_a, z_b)")
+    ax0.set_title(title or "cosine similarity of the 2N views")
+    kinds = self_mask.long() * 2 + pos_mask.long()  # 0 negative, 1 positive, 2 self
+    colours = ListedColormap(["#c6dbef", "#d62728", "lightgrey"])
+    ax1.imshow(kinds.numpy(), cmap=colours, vmin=0, vmax=2, interpolation="nearest")
+    ax1.set_title("masks: positive (red), negatives (blue), self (grey)")
+    for ax in (ax0, ax1):
+        ax.axhline(n - 0.5, color="k", lw=0.8)
+        ax.axvline(n - 0.5, color="k", lw=0.8)
+        ax.set_xticks([(n - 1) / 2, n + (n - 1) / 2], ["z_i (view 1)", "z_j (view 2)"])
+        ax.set_yticks([(n - 1) / 2, n + (n - 1) / 2], ["z_i", "z_j"])
+    return fig
+
+
+def plot_temperature(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float,
+                     anchor: int = 0, fraction: float = 0.1,
+                     taus: torch.Tensor | None = None) -> plt.Figure:
+    """What tau does, in three panels. (a) For one anchor, the softmax weight p_k of each of
+    its 2N-1 candidates against its cosine similarity (the gradient on negative k is p_k/tau).
+    (b) The NT-Xent loss of the batch against tau. (c) The share of the gradient on negatives
+    that the hardest ``fraction`` of them receive, against tau. z_i, z_j: (N, d)."""
+    taus = torch.logspace(-2, 0.5, 40) if taus is None else taus
+    sim, p, pos = (t.cpu().numpy() if torch.is_tensor(t) else t
+                   for t in anchor_softmax(z_i, z_j, temperature, anchor))
+    neg = torch.arange(len(sim)).numpy() != pos
+    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    ax0.scatter(sim[neg], p[neg], s=10, label="negatives")
+    ax0.scatter(sim[pos], p[pos], s=80, marker="*", color="C3", label="positive")
+    # On a log scale p_k = exp(s_k / tau) / Z is a straight line of slope 1 / tau.
+    ax0.set(xlabel="cosine similarity s_k to the anchor", ylabel="softmax weight p_k",
+            yscale="log", ylim=(1e-6, 1.5), title=f"anchor {anchor}, tau = {temperature:.2f}")
+    ax0.legend(loc="upper left")
+    losses = [nt_xent(z_i.detach(), z_j.detach(), float(t)).item() for t in taus]
+    ax1.plot(taus.tolist(), losses)
+    ax1.plot([temperature], [nt_xent(z_i.detach(), z_j.detach(), temperature).item()], "o",
+             color="C3")
+    ax1.axhline(math.log(2 * len(z_i) - 1), ls="--", color="grey", label="log(2N-1)")
+    ax1.set(xscale="log", xlabel="tau", ylabel="NT-Xent loss", title="loss of the batch")
+    ax1.legend()
+    shares = [hard_negative_share(z_i, z_j, float(t), fraction) for t in taus]
+    ax2.plot(taus.tolist(), shares)
+    ax2.plot([temperature], [hard_negative_share(z_i, z_j, temperature, fraction)], "o",
+             color="C3")
+    ax2.axhline(fraction, ls="--", color="grey", label="all negatives equal")
+    ax2.set(xscale="log", xlabel="tau", ylim=(0, 1.02),
+            ylabel=f"gradient share of the hardest {fraction:.0%}",
+            title="how hard negatives are weighted")
+    ax2.legend()
+    return fig
+
+
+def plot_alignment_uniformity(cases: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                              ) -> plt.Figure:
+    """Each case's 2-D embeddings on the unit circle, positive pairs joined by a line, then
+    all cases on the alignment-uniformity plane (Wang & Isola, 2020: lower-left is better).
+    cases: name -> (z_i, z_j), each (N, 2)."""
+    fig, axes = plt.subplots(1, len(cases) + 1, figsize=(3.4 * (len(cases) + 1), 3.8),
+                             layout="constrained")
+    points = {}
+    for ax, (name, (z_i, z_j)) in zip(axes, cases.items()):
+        if z_i.shape[1] != 2:
+            raise ValueError(f"plot_alignment_uniformity draws 2-D embeddings; case {name!r} "
+                             f"has d={z_i.shape[1]}.")
+        a, b = (torch.nn.functional.normalize(z.detach().float().cpu(), dim=1)
+                for z in (z_i, z_j))
+        ax.add_patch(plt.Circle((0, 0), 1, fill=False, color="lightgrey"))
+        for u, v in zip(a.tolist(), b.tolist()):
+            ax.plot([u[0], v[0]], [u[1], v[1]], color="grey", lw=0.6)
+        ax.scatter(*a.numpy().T, s=12, label="z_i")
+        ax.scatter(*b.numpy().T, s=12, label="z_j")
+        points[name] = (uniformity(torch.cat([a, b])), alignment(a, b))
+        ax.set(xlim=(-1.2, 1.2), ylim=(-1.2, 1.2), aspect="equal", xticks=[], yticks=[],
+               title=f"{name}\nalign {points[name][1]:.2f}, unif {points[name][0]:.2f}")
+    for name, (u, a) in points.items():
+        axes[-1].scatter(u, a)
+        axes[-1].annotate(name, (u, a), textcoords="offset points", xytext=(4, 4))
+    axes[-1].set(xlabel="uniformity (lower: more spread)", ylabel="alignment (lower: closer)",
+                 title="alignment vs uniformity")
+    axes[-1].margins(0.3)
+    return fig

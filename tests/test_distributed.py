@@ -1,0 +1,47 @@
+"""NT-Xent across processes: two gloo processes, each holding half the batch, must give the
+loss and the gradients of one process holding the whole batch (the paper's global batch of
+negatives across TPU cores)."""
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from clr_lib.loss import nt_xent
+
+N, D, WORLD, TAU = 8, 5, 2, 0.3
+
+
+def _rank(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    g = torch.Generator().manual_seed(0)
+    z_i, z_j = torch.randn(N, D, generator=g), torch.randn(N, D, generator=g)
+    n = N // WORLD
+    mine_i = z_i[rank * n:(rank + 1) * n].clone().requires_grad_()
+    mine_j = z_j[rank * n:(rank + 1) * n].clone().requires_grad_()
+    loss = nt_xent(mine_i, mine_j, TAU, distributed=True)
+    loss.backward()
+    torch.save(dict(loss=loss.detach(), grad_i=mine_i.grad, grad_j=mine_j.grad),
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
+    mp.spawn(_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+    g = torch.Generator().manual_seed(0)
+    z_i = torch.randn(N, D, generator=g).requires_grad_()
+    z_j = torch.randn(N, D, generator=g).requires_grad_()
+    loss = nt_xent(z_i, z_j, TAU)
+    loss.backward()
+
+    # The global loss is the mean of the per-process losses; DistributedDataParallel averages
+    # gradients over processes, so each process's gradient is WORLD x that of the global loss.
+    assert torch.allclose(torch.stack([r["loss"] for r in ranks]).mean(), loss, atol=1e-6)
+    grad_i = torch.cat([r["grad_i"] for r in ranks]) / WORLD
+    grad_j = torch.cat([r["grad_j"] for r in ranks]) / WORLD
+    assert torch.allclose(grad_i, z_i.grad, atol=1e-6)
+    assert torch.allclose(grad_j, z_j.grad, atol=1e-6)

@@ -1,0 +1,146 @@
+"""clr_lib.loss: NT-Xent against a naive copy of the paper's Algorithm 1, and its properties."""
+
+import math
+
+import pytest
+import torch
+
+from clr_lib.loss import NTXentLoss, nt_xent
+
+
+def algorithm_1(z_i, z_j, tau):
+    """Chen et al. (2020), Algorithm 1, in float64 loops: views interleaved as z_{2k-1}, z_{2k}."""
+    n = z_i.shape[0]
+    z = [None] * (2 * n)
+    for k in range(n):
+        z[2 * k], z[2 * k + 1] = z_i[k].double(), z_j[k].double()
+
+    def s(a, b):  # cosine similarity
+        return (z[a] @ z[b] / (z[a].norm() * z[b].norm())).item()
+
+    def l(a, b):
+        den = sum(math.exp(s(a, k) / tau) for k in range(2 * n) if k != a)
+        return -math.log(math.exp(s(a, b) / tau) / den)
+
+    return sum(l(2 * k, 2 * k + 1) + l(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)
+
+
+def test_equals_algorithm_1_over_random_shapes_and_temperatures():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        n = int(torch.randint(2, 13, (1,), generator=gen))
+        d = int(torch.randint(1, 20, (1,), generator=gen))
+        tau = float(10 ** torch.empty(1).uniform_(-1.3, 0.3, generator=gen))  # 0.05 .. 2
+        z_i, z_j = torch.randn(2, n, d, generator=gen, dtype=torch.float64)
+        expected = algorithm_1(z_i, z_j, tau)
+        assert nt_xent(z_i, z_j, tau).item() == pytest.approx(expected, rel=1e-10)
+        assert nt_xent(z_i.float(), z_j.float(), tau).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_value_worked_by_hand():
+    # Two orthogonal images, each view equal to its partner: s(i,j) = 1, every negative 0.
+    z = torch.eye(2)
+    tau = 0.5
+    expected = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + 2))
+    assert nt_xent(z, z.clone(), tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_symmetric_in_the_two_views():
+    torch.manual_seed(1)
+    z_i, z_j = torch.randn(2, 16, 8)
+    assert torch.allclose(nt_xent(z_i, z_j), nt_xent(z_j, z_i), atol=1e-6)
+
+
+@pytest.mark.parametrize("n, tau", [(2, 0.5), (7, 0.1), (64, 1.0)])
+def test_all_equal_embeddings_give_log_2n_minus_1(n, tau):
+    z = torch.ones(n, 5)
+    assert nt_xent(z, z.clone(), tau).item() == pytest.approx(math.log(2 * n - 1), rel=1e-6)
+
+
+def test_invariant_to_rescaling_z():
+    torch.manual_seed(2)
+    z_i, z_j = torch.randn(2, 10, 6)
+    scale = torch.rand(10, 1) * 10 + 0.1  # a different positive scale per row
+    assert torch.allclose(nt_xent(3 * z_i, scale * z_j), nt_xent(z_i, z_j), atol=1e-5)
+
+
+def test_gradcheck():
+    torch.manual_seed(3)
+    z_i, z_j = torch.randn(2, 5, 4, dtype=torch.float64).unbind(0)
+    z_i.requires_grad_(), z_j.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.3), (z_i, z_j))
+
+
+def test_loss_falls_after_a_few_sgd_steps_on_a_toy_problem():
+    torch.manual_seed(4)
+    x = torch.randn(32, 10)  # 32 "images"; their two views are noisy copies
+    x_i, x_j = x + 0.3 * torch.randn_like(x), x + 0.3 * torch.randn_like(x)
+    net = torch.nn.Linear(10, 8)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    losses = []
+    for _ in range(20):
+        loss = nt_xent(net(x_i), net(x_j), 0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_float32_under_autocast():
+    torch.manual_seed(5)
+    z_i, z_j = torch.randn(2, 8, 16).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nt_xent(z_i, z_j)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(nt_xent(z_i.float(), z_j.float()).item(), rel=1e-6)
+
+
+def test_module_equals_function():
+    torch.manual_seed(6)
+    z_i, z_j = torch.randn(2, 6, 3)
+    assert torch.equal(NTXentLoss(0.2)(z_i, z_j), nt_xent(z_i, z_j, 0.2))
+
+
+@pytest.mark.parametrize("z_i, z_j, tau, match", [
+    (torch.ones(4, 8), torch.ones(5, 8), 0.5, "same shape"),
+    (torch.ones(4, 8), torch.ones(4, 7), 0.5, "same shape"),
+    (torch.ones(8), torch.ones(8), 0.5, "2-D"),
+    (torch.ones(1, 8), torch.ones(1, 8), 0.5, "at least 2 pairs"),
+    (torch.ones(4, 8), torch.ones(4, 8), 0.0, "positive number"),
+    (torch.ones(4, 8), torch.ones(4, 8), -0.5, "positive number"),
+    (torch.ones(4, 8), torch.ones(4, 8), float("nan"), "positive number"),
+    (torch.full((4, 8), float("nan")), torch.ones(4, 8), 0.5, "NaN or inf"),
+    (torch.ones(4, 8), torch.full((4, 8), float("inf")), 0.5, "NaN or inf"),
+])
+def test_clear_errors(z_i, z_j, tau, match):
+    with pytest.raises(ValueError, match=match):
+        nt_xent(z_i, z_j, tau)
+
+
+def test_errors_name_the_fix():
+    with pytest.raises(ValueError, match="drop_last=True"):
+        nt_xent(torch.ones(1, 8), torch.ones(1, 8))
+    with pytest.raises(ValueError, match="0.5 on CIFAR-10"):
+        NTXentLoss(0)
+    with pytest.raises(ValueError, match="init_process_group"):
+        nt_xent(torch.ones(4, 8), torch.ones(4, 8), distributed=True)
+
+
+def test_distributed_mode_in_a_group_of_one_equals_the_plain_loss(tmp_path):
+    # The multi-process check (each rank sees the global batch) belongs to the training issue;
+    # here the gather path runs in a group of one and must agree, gradients included.
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        torch.manual_seed(7)
+        z_i, z_j = torch.randn(2, 6, 4, dtype=torch.float64).unbind(0)
+        a = z_i.clone().requires_grad_()
+        b = z_i.clone().requires_grad_()
+        nt_xent(a, z_j, 0.5).backward()
+        nt_xent(b, z_j, 0.5, distributed=True).backward()
+        assert torch.allclose(a.grad, b.grad)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,137 @@
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from clr_lib import train as T
+from clr_lib.checkpoint import CHECKPOINT, load_checkpoint, model_from_checkpoint
+from clr_lib.config import get_config
+from clr_lib.data import load_dataset
+
+
+def tiny_cfg(**kw):
+    base = dict(dataset="synthetic", max_per_class=16, batch_size=32, width=8, num_epochs=2,
+                knn_k=10)
+    return get_config("smoke", **{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_dataset("synthetic", max_per_class=16)
+
+
+def test_warmup_then_cosine_to_zero():
+    lrs = [T.lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert T.lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+    assert T.lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+
+
+def test_linear_scaling_rule():
+    assert T.peak_lr(get_config("gpu", lr=0.3, batch_size=4096)) == pytest.approx(4.8)
+
+
+def test_biases_and_batchnorm_are_excluded_from_decay_and_adaptation():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    decay, rest = T.param_groups(model, 1e-4)
+    assert {p.ndim for p in decay["params"]} == {2, 4} and decay["lars"]
+    assert all(p.ndim == 1 for p in rest["params"]) and rest["weight_decay"] == 0
+    assert not rest["lars"]
+
+
+def test_lars_step_matches_the_formula():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
+    b = nn.Parameter(torch.tensor([1.0]))
+    opt = T.LARS([dict(params=[w], weight_decay=0.1, lars=True),
+                  dict(params=[b], weight_decay=0.0, lars=False)], lr=0.5, eta=0.01)
+    w.grad, b.grad = torch.tensor([1.0, 0.0]), torch.tensor([2.0])
+    opt.step()
+    d = torch.tensor([1.0, 0.0]) + 0.1 * torch.tensor([3.0, 4.0])
+    expected = torch.tensor([3.0, 4.0]) - 0.5 * (0.01 * 5 / d.norm()) * d
+    assert torch.allclose(w, expected) and torch.allclose(b, torch.tensor([0.0]))
+
+
+def test_steps_in_budget_from_the_measured_pace():
+    history = dict(seconds=[1.0 + 0.5 * i for i in range(10)])  # 0.5 s a step after the first
+    assert T._steps_in_budget(history, budget_s=60.0, step=10, total=10**6, world=1) == \
+        10 + int((60 - 5.5) / 0.5)
+    assert T._steps_in_budget(history, budget_s=2.0, step=10, total=10**6, world=1) == 10
+
+
+def test_training_runs_checkpoints_and_resumes(tmp_path, splits):
+    cfg = tiny_cfg()
+    history = T.train(cfg, splits, run_dir=tmp_path)
+    steps_per_epoch = len(splits.train) // cfg.batch_size
+    assert history["step"][-1] == 2 * steps_per_epoch
+    assert all(math.isfinite(x) for x in history["loss"]) and len(history["knn_top1"]) == 1
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    model, loaded_cfg = model_from_checkpoint(state)
+    assert loaded_cfg == cfg and state["classes"] == splits.classes
+
+    more = T.train(cfg.replace(num_epochs=3), splits, run_dir=tmp_path, resume=True)
+    assert more["step"][-1] == 3 * steps_per_epoch
+    assert more["loss"][:len(history["loss"])] == history["loss"]
+
+
+def test_loss_falls_over_a_short_run(splits):
+    history = T.train(tiny_cfg(num_epochs=4, lr=3e-3), splits)
+    first, last = history["loss"][:3], history["loss"][-3:]
+    assert sum(last) / 3 < sum(first) / 3
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, splits, monkeypatch):
+    cfg = tiny_cfg(num_epochs=3)
+    calls = {"n": 0}
+    real = T.nt_xent
+
+    def breaks_in_epoch_two(z_i, z_j, temperature, distributed=False):
+        calls["n"] += 1
+        loss = real(z_i, z_j, temperature)
+        return loss * float("nan") if calls["n"] > len(splits.train) // cfg.batch_size else loss
+    monkeypatch.setattr(T, "nt_xent", breaks_in_epoch_two)
+    with pytest.raises(FloatingPointError, match=f"nan at step.*last good checkpoint.*{tmp_path}"):
+        T.train(cfg, splits, run_dir=tmp_path)
+    assert load_checkpoint(tmp_path)["step"] == len(splits.train) // cfg.batch_size
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint.*clr_lib.train"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a clr_lib checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+
+
+def test_resume_refuses_another_architecture(tmp_path, splits):
+    T.train(tiny_cfg(num_epochs=1), splits, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="width 8, not the convnet of width 16"):
+        T.train(tiny_cfg(num_epochs=2, width=16), splits, run_dir=tmp_path, resume=True)
+
+
+def test_cli_options_come_from_the_config():
+    args = T.config_parser("x").parse_args(
+        ["--profile", "smoke", "--crop-scale", "0.2", "1", "--budget-minutes", "2.5",
+         "--max-per-class", "none", "--blur", "true", "--temperature", "0.2"])
+    cfg = T.config_from_args(args)
+    assert cfg.crop_scale == (0.2, 1.0) and cfg.budget_minutes == 2.5
+    assert cfg.max_per_class is None and cfg.blur and cfg.temperature == 0.2
+
+
+def test_torchrun_two_processes(tmp_path):
+    """Two CPU processes (gloo) train together and write one checkpoint."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--standalone", "-m", "clr_lib.train", "--profile", "smoke",
+           "--dataset", "synthetic", "--max-per-class", "16", "--batch-size", "32",
+           "--width", "8", "--knn-k", "10", "--run-dir", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 4 and (tmp_path / CHECKPOINT).is_file()
