@@ -68,7 +68,7 @@ class SimCLRAugment:
     @classmethod
     def from_config(cls, cfg) -> "SimCLRAugment":
         """The family T of a ``clr_lib.config.Config`` (its augmentation fields)."""
-        return cls(size=cfg.image_size, crop_scale=tuple(cfg.crop_scale),
+        return cls(size=cfg.view_size or cfg.image_size, crop_scale=tuple(cfg.crop_scale),
                    crop_ratio=tuple(cfg.crop_ratio), flip_p=cfg.flip_p,
                    color_strength=cfg.color_strength, color_p=cfg.color_p, gray_p=cfg.gray_p,
                    blur_p=0.5 if cfg.blur else 0.0)

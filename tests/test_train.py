@@ -1,4 +1,6 @@
 import json
+import signal
+import time
 import math
 import subprocess
 import sys
@@ -58,9 +60,9 @@ def test_lars_step_matches_the_formula():
 
 def test_steps_in_budget_from_the_measured_pace():
     history = dict(seconds=[1.0 + 0.5 * i for i in range(10)])  # 0.5 s a step after the first
-    assert T._steps_in_budget(history, budget_s=60.0, step=10, total=10**6, world=1) == \
+    assert T._steps_in_budget(history, budget_s=60.0, step=10, world=1) == \
         10 + int((60 - 5.5) / 0.5)
-    assert T._steps_in_budget(history, budget_s=2.0, step=10, total=10**6, world=1) == 10
+    assert T._steps_in_budget(history, budget_s=2.0, step=10, world=1) == 10
 
 
 def test_training_runs_checkpoints_and_resumes(tmp_path, splits):
@@ -112,17 +114,18 @@ def test_load_checkpoint_errors(tmp_path):
 
 def test_resume_refuses_another_architecture(tmp_path, splits):
     T.train(tiny_cfg(num_epochs=1), splits, run_dir=tmp_path)
-    with pytest.raises(ValueError, match="width 8, not the convnet of width 16"):
+    with pytest.raises(ValueError, match="width 8 with a nonlinear head, not the convnet of width 16"):
         T.train(tiny_cfg(num_epochs=2, width=16), splits, run_dir=tmp_path, resume=True)
 
 
 def test_cli_options_come_from_the_config():
     args = T.config_parser("x").parse_args(
         ["--profile", "smoke", "--crop-scale", "0.2", "1", "--budget-minutes", "2.5",
-         "--max-per-class", "none", "--blur", "true", "--temperature", "0.2"])
+         "--max-per-class", "none", "--blur", "true", "--temperature", "0.2", "--bf16", "false"])
     cfg = T.config_from_args(args)
     assert cfg.crop_scale == (0.2, 1.0) and cfg.budget_minutes == 2.5
     assert cfg.max_per_class is None and cfg.blur and cfg.temperature == 0.2
+    assert cfg.bf16 is False and cfg.width == get_config("smoke").width
 
 
 def test_torchrun_two_processes(tmp_path):
@@ -130,8 +133,44 @@ def test_torchrun_two_processes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--standalone", "-m", "clr_lib.train", "--profile", "smoke",
            "--dataset", "synthetic", "--max-per-class", "16", "--batch-size", "32",
-           "--width", "8", "--knn-k", "10", "--run-dir", str(tmp_path)]
+           "--width", "8", "--knn-k", "10", "--out", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["steps"] == 4 and (tmp_path / CHECKPOINT).is_file()
+
+
+def cli(out, *extra):
+    return [sys.executable, "-m", "clr_lib.train", "--profile", "smoke", "--dataset", "synthetic",
+            "--max-per-class", "32", "--batch-size", "32", "--width", "8", "--knn-k", "10",
+            "--epochs", "6", "--seed", "3", "--out", str(out), *extra]
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    subprocess.run(cli(tmp_path / "unbroken"), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(cli(tmp_path / "killed"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / CHECKPOINT
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # no clean-up, no last save
+    proc.wait()
+    killed_at = load_checkpoint(checkpoint)["step"]
+    total = load_checkpoint(tmp_path / "unbroken")["step"]
+    assert 0 < killed_at < total, "the kill came too late to test resuming"
+
+    subprocess.run(cli(tmp_path / "killed", "--resume"), check=True, capture_output=True,
+                   timeout=300)
+    a, b = load_checkpoint(tmp_path / "unbroken"), load_checkpoint(checkpoint)
+    assert b["step"] == total
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["history"]["loss"] == b["history"]["loss"]
+    assert json.loads((tmp_path / "killed" / "history.json").read_text())["step"][-1] == total
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path):
+    (tmp_path / CHECKPOINT).write_bytes(b"")
+    out = subprocess.run(cli(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "add --resume" in out.stderr
