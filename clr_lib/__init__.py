@@ -2,7 +2,8 @@
 
 The data path walks one way, one module a step, each named after the paper's term:
     data (uint8 images) -> augment (x_i, x_j) -> models (f: h, g: z) -> loss (NT-Xent)
-    -> train (the loop) -> evaluate (kNN, linear probe) -> viz (pictures).
+    -> train (the loop) -> evaluate (kNN, linear probe) -> finetune (few labels, supervised
+    baseline) -> maps (PCA, UMAP) -> viz (pictures). checkpoint reads and writes runs.
 """
 
 from clr_lib.config import Config, get_config, pick_device
@@ -14,6 +15,9 @@ from clr_lib.models import (ConvNet, ProjectionHead, ResNetEncoder, SimCLR, buil
 from clr_lib.loss import NTXentLoss, nt_xent
 from clr_lib.diagnostics import (alignment, embedding_report, embedding_std, positive_rank,
                                  positive_topk, uniformity)
+from clr_lib.evaluate import (balanced_subset, evaluate_model, extract_features, fit_linear_probe,
+                              knn_accuracy, knn_predict, linear_probe, nearest_neighbours)
+from clr_lib.maps import map_2d, pca
 
 __all__ = [
     "Config", "get_config", "pick_device",
@@ -25,4 +29,6 @@ __all__ = [
     "NTXentLoss", "nt_xent",
     "alignment", "embedding_report", "embedding_std", "positive_rank", "positive_topk",
     "uniformity",
+    "balanced_subset", "evaluate_model", "extract_features", "fit_linear_probe", "knn_accuracy",
+    "knn_predict", "linear_probe", "nearest_neighbours", "map_2d", "pca",
 ]

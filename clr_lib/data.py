@@ -196,7 +196,8 @@ def _load_cifar10(root: Path, download: bool) -> tuple[ImageData, ImageData, str
         raise DatasetError(
             f"Could not download CIFAR-10 into {root} ({e}). Offline? Download "
             f"cifar-10-python.tar.gz from {CIFAR10_URL} on a machine with internet, put it in "
-            f"{root}, and load again; it is unpacked from there.") from e
+            f"{root}, and load again; it is unpacked from there. Or point CLR_DATA_DIR at an "
+            "ImageFolder, or run CLR_PROFILE=smoke, which falls back to synthetic images.") from e
     return train, test, f"CIFAR-10 (torchvision) in {root}"
 
 

@@ -130,7 +130,8 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     net = _wrap_distributed(model, device) if world > 1 else model
     if cfg.compile and device.type == "cuda":  # fuses the small ops; model keeps the weights
         net = torch.compile(net)
-    aug = SimCLRAugment.from_config(cfg)
+    aug = SimCLRAugment.from_config(cfg)  # small views first (cheap), full size at the end
+    aug_full = aug.replace(size=cfg.image_size)
     optimizer = build_optimizer(cfg, model)
     rng = dict(views=torch.Generator(device=device).manual_seed(cfg.seed + rank),  # per rank
                order=torch.Generator().manual_seed(cfg.seed))  # same batches on every rank
@@ -156,7 +157,8 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
         for b in range(step % steps_per_epoch, steps_per_epoch):
             idx = perm[b * cfg.batch_size + rank * local_batch:][:local_batch].to(device)
             lr = lr_at(step, total, warmup, peak_lr(cfg))
-            x_i, x_j = two_views(images[idx], aug, rng["views"])  # (N, 3, S, S) each
+            t = aug_full if step >= (1 - cfg.full_size_fraction) * total else aug
+            x_i, x_j = two_views(images[idx], t, rng["views"])  # (N, 3, S, S) each
             with autocast:
                 h, z = net(torch.cat([x_i, x_j]))  # (2N, d_h), (2N, d_z)
             z_i, z_j = z.float().chunk(2)
@@ -212,9 +214,9 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, lr: float, run_dir) -> No
 
 
 def _steps_in_budget(history: dict, budget_s: float, step: int, world: int, bar=None) -> int:
-    """Steps that fit in the budget, from the pace of the steps so far (minus the first,
-    which pays for one-off warm-up costs)."""
-    secs = history["seconds"]
+    """Steps that fit in the budget, from the pace of the last (up to 200) steps; never the
+    first, which pays for one-off warm-up costs."""
+    secs = history["seconds"][-201:]
     pace = (secs[-1] - secs[0]) / max(1, len(secs) - 1)  # seconds per step
     estimate = step + int(max(0.0, budget_s - secs[-1]) / pace)
     if world > 1:  # every rank must stop at the same step

@@ -175,3 +175,136 @@ def plot_alignment_uniformity(cases: dict[str, tuple[torch.Tensor, torch.Tensor]
                  title="alignment vs uniformity")
     axes[-1].margins(0.3)
     return fig
+
+
+# --- chapters 05 and 06: evaluation and representations ---
+
+def plot_accuracy_bars(table: dict[str, dict[str, float]], title: str = "",
+                       chance: float | None = None) -> plt.Figure:
+    """Grouped bars of accuracies (fractions): one group per row of ``table`` (e.g. "random
+    init", "SimCLR h"), one bar per metric (e.g. "kNN", "linear"), each value written on its
+    bar; a dashed line at ``chance``. table: row name -> {metric name -> accuracy}."""
+    rows = list(table)
+    metrics = list(dict.fromkeys(m for row in table.values() for m in row))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(1.5 * len(rows) + 2, 3.4), layout="constrained")
+    for k, metric in enumerate(metrics):
+        present = [i for i, r in enumerate(rows) if metric in table[r]]
+        bars = ax.bar([i + (k - (len(metrics) - 1) / 2) * width for i in present],
+                      [table[rows[i]][metric] for i in present], width, label=metric)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    if chance is not None:
+        ax.axhline(chance, ls="--", color="grey", label="chance")
+    ax.set_xticks(range(len(rows)), rows)
+    ax.set(ylabel="top-1 accuracy", ylim=(0, 1.08), title=title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside, not on, bars
+    return fig
+
+
+def plot_label_fractions(fractions: list[float], curves: dict[str, list[float]],
+                         title: str = "") -> plt.Figure:
+    """Accuracy against the fraction of training labels (log axis), one line per method.
+    curves: method name -> accuracies, one per fraction."""
+    fig, ax = plt.subplots(figsize=(5, 3.4), layout="constrained")
+    for name, accs in curves.items():
+        ax.plot(fractions, accs, "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+    ax.minorticks_off()
+    ax.set(xlabel="labels used (class-balanced)", ylabel="top-1 accuracy", title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
+                     ) -> torch.Tensor:
+    """Counts (C, C): row = true class, column = predicted class."""
+    return torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2
+                          ).view(num_classes, num_classes)
+
+
+def plot_confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: list[str],
+                          title: str = "") -> plt.Figure:
+    """The confusion matrix normalised by row: the share of each true class (rows) predicted
+    as each class (columns); the diagonal holds the per-class recall. labels, preds: (N,)."""
+    counts = confusion_matrix(labels.cpu(), preds.cpu(), len(classes)).float()
+    share = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(0.5 * len(classes) + 2.5, 0.5 * len(classes) + 1.8),
+                           layout="constrained")
+    im = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    for r in range(len(classes)):
+        for c in range(len(classes)):
+            if counts[r, c] > 0:
+                ax.text(c, r, f"{share[r, c]:.2f}"[1:] if share[r, c] < 1 else "1", fontsize=7,
+                        ha="center", va="center", color="white" if share[r, c] > 0.5 else "k")
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true",
+           title=title or f"accuracy {counts.diagonal().sum() / counts.sum():.2f}")
+    return fig
+
+
+def class_colours(num_classes: int) -> list:
+    """One colour per class: tab10 up to 10 classes, tab20 up to 20."""
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
+    return [cmap(c % cmap.N) for c in range(num_classes)]
+
+
+def plot_embedding_maps(maps: dict[str, torch.Tensor], labels: torch.Tensor,
+                        classes: list[str], ncols: int | None = None,
+                        title: str = "") -> plt.Figure:
+    """2-D maps side by side (e.g. UMAP of h and of z), points coloured by class, and one
+    legend of the class names. maps: panel title -> (N, 2) points; labels: (N,) classes."""
+    ncols = ncols or len(maps)
+    nrows = math.ceil(len(maps) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols + 1.4, 3.7 * nrows),
+                             squeeze=False, layout="constrained")
+    colours = class_colours(len(classes))
+    labels = labels.cpu()
+    for ax, (name, xy) in zip(axes.flat, maps.items()):
+        xy = xy.detach().cpu()
+        for c, cls in enumerate(classes):
+            mask = labels == c
+            ax.scatter(xy[mask, 0].numpy(), xy[mask, 1].numpy(), s=3, color=colours[c],
+                       label=cls, rasterized=True)
+        ax.set(title=name, xticks=[], yticks=[])
+    for ax in axes.flat[len(maps):]:
+        ax.set_axis_off()
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside right upper",
+               markerscale=4, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_retrieval(queries: torch.Tensor, neighbours: torch.Tensor,
+                   query_labels: torch.Tensor, neighbour_labels: torch.Tensor,
+                   classes: list[str], scale: float = 1.1) -> plt.Figure:
+    """One row per query: the query image, then its k nearest training images, most similar
+    first; a neighbour of the query's class is framed green, one of another class red.
+    queries (Q, 3, H, W) and neighbours (Q, k, 3, H, W) uint8 or float in [0, 1];
+    query_labels (Q,), neighbour_labels (Q, k)."""
+    if queries.dim() == 3:  # a single query
+        queries, neighbours = queries[None], neighbours[None]
+        query_labels, neighbour_labels = query_labels.view(1), neighbour_labels[None]
+    n_q, k = neighbour_labels.shape
+    fig, axes = plt.subplots(n_q, k + 1, figsize=(scale * (k + 1.3), scale * n_q + 0.4),
+                             squeeze=False, layout="constrained")
+    for r in range(n_q):
+        q = int(query_labels[r])
+        axes[r][0].imshow(_pixels(queries[r]), interpolation="nearest")
+        axes[r][0].set_title(f"query: {classes[q]}", fontsize=8)
+        hits = 0
+        for j in range(k):
+            ax, c = axes[r][j + 1], int(neighbour_labels[r, j])
+            ax.imshow(_pixels(neighbours[r, j]), interpolation="nearest")
+            ax.set_title(classes[c], fontsize=7)
+            for spine in ax.spines.values():
+                spine.set(color="tab:green" if c == q else "tab:red", linewidth=3)
+            hits += c == q
+        axes[r][0].set_ylabel(f"{hits}/{k} right", fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
