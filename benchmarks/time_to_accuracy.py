@@ -11,6 +11,11 @@
    split held out from train (never a test split).
 
 Run it alone: two trainings at once on a small machine measure nothing.
+
+Measured on the 2-core CPU alone (laptop profile: ConvNet width 32, batch 256, 16x16 views,
+bf16 on AMX): course pipeline 1,056 images/s; per-image v2 + DataLoader 291 / 343 / 319
+images/s with 0 / 1 / 2 workers; ratio 3.1x over the best. 15 minutes of training (seed 0,
+``python -m clr_lib.train --profile laptop``): 3,524 steps, kNN top-1 on val 0.628.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Where the data lives: the ``data_dir`` argument, else ``$CLR_DATA_DIR``, else ``
 project. A validation split is always held out from train (stratified, deterministic by
 seed): tune on it, and look at the test split, when there is one, only at the very end.
 
-Measured on a 2-core CPU, 50,000 CIFAR-10 JPEGs: first load ~15 s, from the cache ~0.2 s
-(``python benchmarks/load_data.py``).
+Measured on a 2-core CPU, 50,000 CIFAR-10 JPEGs: first load 11.6 s, from the cache 0.37 s
+(median of 5; ``python benchmarks/load_data.py``).
 """
 
 from __future__ import annotations

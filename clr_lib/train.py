@@ -214,10 +214,11 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, lr: float, run_dir) -> No
 
 
 def _steps_in_budget(history: dict, budget_s: float, step: int, world: int, bar=None) -> int:
-    """Steps that fit in the budget, from the pace of the last (up to 200) steps; never the
-    first, which pays for one-off warm-up costs."""
-    secs = history["seconds"][-201:]
-    pace = (secs[-1] - secs[0]) / max(1, len(secs) - 1)  # seconds per step
+    """Steps that fit in the budget, from the median time of the last (up to 200) steps:
+    the first step (one-off warm-up costs) and a kNN monitor between two steps do not
+    count towards the pace, though the time they took is spent."""
+    secs = torch.tensor(history["seconds"][-201:], dtype=torch.float64)
+    pace = (secs.diff().median() if len(secs) > 1 else secs[0]).item()  # seconds per step
     estimate = step + int(max(0.0, budget_s - secs[-1]) / pace)
     if world > 1:  # every rank must stop at the same step
         t = torch.tensor([estimate], device=_rank_device())
