@@ -268,8 +268,8 @@ def _read_image_folder(folder: Path, image_size: int, max_per_class: int | None)
     data = ImageData(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
                      torch.tensor(labels, dtype=torch.int64), classes)
     # labels first: the images file appearing last marks a complete cache entry
-    _save_atomic(labels_file, data.labels.numpy())
-    _save_atomic(images_file, data.images.numpy())
+    save_array_atomic(labels_file, data.labels.numpy())
+    save_array_atomic(images_file, data.images.numpy())
     return data
 
 
@@ -291,17 +291,18 @@ def _decode(files, image_size):
     return images, labels, bad, resized
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write to a temporary file and rename it, so a crash never leaves half a cache."""
+def save_array_atomic(path: Path, array: np.ndarray) -> None:
+    """Write a cache file to a temporary name and rename it, so a crash never leaves half a
+    cache; a read-only checkout still works, only without the cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as f:
             np.save(f, array)
         os.replace(tmp, path)
-    except OSError as e:  # a read-only checkout still works, just without the cache
-        warnings.warn(f"Could not write the image cache {path} ({e}); loading will decode "
-                      "again next time. Set CLR_CACHE_DIR to a writable folder.")
+    except OSError as e:
+        warnings.warn(f"Could not write the cache {path} ({e}); it will be computed again "
+                      "next time. Set CLR_CACHE_DIR to a writable folder.")
 
 
 # ----------------------------------------------------------------------------- synthetic

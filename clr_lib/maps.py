@@ -19,14 +19,13 @@ points took 56 s (pynndescent compiling too).
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clr_lib.data import cache_dir
+from clr_lib.data import cache_dir, save_array_atomic
 
 
 def pca(x: torch.Tensor, dim: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +63,7 @@ def map_2d(features: torch.Tensor, method: str = "umap", pca_dim: int = 50,
         return torch.from_numpy(np.load(path))
     out = _umap(pca(x, min(pca_dim, *x.shape))[0], n_neighbors, min_dist, seed)
     if cache:
-        _save(path, out.numpy())
+        save_array_atomic(path, out.numpy())
     return out
 
 
@@ -78,16 +77,3 @@ def _umap(x: torch.Tensor, n_neighbors: int, min_dist: float, seed: int) -> torc
         reducer = umap.UMAP(n_components=2, n_neighbors=k + 1, min_dist=min_dist,
                             random_state=seed, precomputed_knn=(idx.numpy(), dist.numpy(), None))
         return torch.from_numpy(reducer.fit_transform(x.numpy())).float()
-
-
-def _save(path, array: np.ndarray) -> None:
-    """Write to a temporary file and rename it; a read-only checkout just skips the cache."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except OSError as e:
-        warnings.warn(f"Could not cache the map in {path} ({e}); set CLR_CACHE_DIR to a "
-                      "writable folder.")
