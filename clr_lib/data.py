@@ -154,18 +154,24 @@ def stratified_split(data: ImageData, val_fraction: float, seed: int = 0
     """Hold out ``val_fraction`` of every class, the same images for the same seed."""
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    g = torch.Generator().manual_seed(seed)
-    val_idx = []
-    for c in range(len(data.classes)):
-        idx = torch.nonzero(data.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = int(round(len(idx) * val_fraction))
-        if len(idx) >= 2:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        val_idx.append(idx[:n_val])
-    is_val = torch.zeros(len(data), dtype=torch.bool)
-    is_val[torch.cat(val_idx)] = True
+    is_val = stratified_mask(data.labels, val_fraction, seed, range(len(data.classes)))
     return data.subset(torch.nonzero(~is_val).flatten()), data.subset(torch.nonzero(is_val).flatten())
+
+
+def stratified_mask(labels: torch.Tensor, fraction: float, seed: int = 0,
+                    classes=None) -> torch.Tensor:
+    """A boolean mask holding out ``fraction`` of every class (at least one image, never all
+    of a class with two or more), the same images for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique().tolist() if classes is None else classes:
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n = min(max(n, 1), len(idx) - 1)
+        held[idx[:n]] = True
+    return held
 
 
 def _random_per_class(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from clr_lib.augment import normalize
 from clr_lib.checkpoint import load_checkpoint, model_from_checkpoint
 from clr_lib.config import pick_device
-from clr_lib.data import DatasetError, Splits, load_dataset
+from clr_lib.data import DatasetError, Splits, load_dataset, stratified_mask
 from clr_lib.models import build_model
 
 # L2 penalties tried by the probe, strongest first (each fit warm-starts the next). The paper
@@ -222,7 +222,7 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
     num_classes = int(train_labels.max()) + 1
     fit_x, fit_y, where = train_feats, train_labels, "val"
     if select_feats is None:
-        held = _holdout(train_labels, holdout, seed)
+        held = stratified_mask(train_labels, holdout, seed)
         if not held.any():
             wd = weight_decays[len(weight_decays) // 2]
             probe = fit_linear_probe(train_feats, train_labels, num_classes, wd)
@@ -238,17 +238,6 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
     if where == "train holdout":
         probe = fit_linear_probe(train_feats, train_labels, num_classes, best, init=probe)
     return ProbeResult(probe, best, scores, where)
-
-
-def _holdout(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """A boolean mask of ``fraction`` of every class, leaving at least one image of each."""
-    g = torch.Generator().manual_seed(seed)
-    held = torch.zeros(len(labels), dtype=torch.bool)
-    for c in labels.unique().tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        held[idx[:min(max(1, round(fraction * len(idx))), len(idx) - 1)]] = True
-    return held
 
 
 @contextmanager

@@ -16,7 +16,6 @@ Two baselines use the same code, so that only the starting point differs:
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch
@@ -29,7 +28,7 @@ from clr_lib.config import Config, pick_device
 from clr_lib.data import ImageData
 from clr_lib.evaluate import extract_features
 from clr_lib.models import build_encoder
-from clr_lib.train import use_bf16
+from clr_lib.train import lr_at, use_bf16
 
 FINETUNE_LR = 1e-3  # AdamW, any batch size; the paper: Nesterov SGD at 0.05 x batch_size / 256
 
@@ -90,7 +89,7 @@ def finetune(encoder: nn.Module, data: ImageData, steps: int | None = None, *,
             order = torch.cat([order, torch.randperm(len(data), generator=order_gen)])
         idx, order = order[:batch].to(device), order[batch:]
         for g in opt.param_groups:  # cosine decay, no warmup (paper B.5: none)
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            g["lr"] = lr_at(step, total, 0, lr)
         x = augment_batch(images[idx], aug, views_gen)  # (B, 3, S, S)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)  # (B, num_classes)
