@@ -15,9 +15,20 @@ from clr_lib.models import (ConvNet, ProjectionHead, ResNetEncoder, SimCLR, buil
 from clr_lib.loss import NTXentLoss, nt_xent
 from clr_lib.diagnostics import (alignment, embedding_report, embedding_std, positive_rank,
                                  positive_topk, uniformity)
-from clr_lib.evaluate import (balanced_subset, evaluate_model, extract_features, fit_linear_probe,
-                              knn_accuracy, knn_predict, linear_probe, nearest_neighbours)
 from clr_lib.maps import map_2d, pca
+
+# evaluate is imported on first use, so that `python -m clr_lib.evaluate` runs a fresh module
+# (an eager import here makes Python warn that the module was already imported).
+_EVALUATE = ("balanced_subset", "evaluate_model", "extract_features", "fit_linear_probe",
+             "knn_accuracy", "knn_predict", "linear_probe", "nearest_neighbours")
+
+
+def __getattr__(name: str):
+    if name in _EVALUATE:
+        from clr_lib import evaluate
+        return getattr(evaluate, name)
+    raise AttributeError(f"module 'clr_lib' has no attribute {name!r}")
+
 
 __all__ = [
     "Config", "get_config", "pick_device",

@@ -51,7 +51,9 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # the codes 0..3 o
 @dataclass(frozen=True)
 class SimCLRAugment:
     """The family T of augmentations (paper Appendix A). Every op can be switched off:
-    ``crop=False``, ``flip_p=0``, ``color_p=0``, ``gray_p=0``, ``blur_p=0``."""
+    ``crop=False``, ``flip_p=0``, ``color_p=0``, ``gray_p=0``, ``blur_p=0``.
+    ``rotate_p`` and ``cutout_p`` are two ops the paper studies (Fig. 4 and 5) but leaves out
+    of T; they are off by default and used by chapter 07's grid of pairs."""
 
     size: int = 32  # output side in pixels; CIFAR-10 32, paper 224 on ImageNet
     crop: bool = True  # random resized crop; False: the whole image, resized to size
@@ -63,6 +65,8 @@ class SimCLRAugment:
     gray_p: float = 0.2  # probability of grayscale; paper 0.2
     blur_p: float = 0.0  # probability of Gaussian blur; paper 0.5 on ImageNet, off on CIFAR-10
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur std in pixels; paper (0.1, 2.0)
+    rotate_p: float = 0.0  # probability of a rotation by 90, 180 or 270 degrees (paper Fig. 4)
+    cutout_p: float = 0.0  # probability of a cutout: a square of half the side, mean colour
     normalize: bool = True  # return (x - CIFAR10_MEAN) / CIFAR10_STD; False: pixels in [0, 1]
 
     @classmethod
@@ -71,7 +75,8 @@ class SimCLRAugment:
         return cls(size=cfg.view_size or cfg.image_size, crop_scale=tuple(cfg.crop_scale),
                    crop_ratio=tuple(cfg.crop_ratio), flip_p=cfg.flip_p,
                    color_strength=cfg.color_strength, color_p=cfg.color_p, gray_p=cfg.gray_p,
-                   blur_p=0.5 if cfg.blur else 0.0)
+                   blur_p=0.5 if cfg.blur else 0.0, rotate_p=cfg.rotate_p,
+                   cutout_p=cfg.cutout_p)
 
     def replace(self, **changes) -> "SimCLRAugment":
         return dataclasses.replace(self, **changes)
@@ -92,6 +97,9 @@ def reference_transform(aug: SimCLRAugment | None = None) -> v2.Compose:
     """The per-image pipeline in torchvision v2: input one uint8 image (3, H, W), output a float
     view (3, size, size). The colour part is the paper's PyTorch pseudo-code (Appendix A)."""
     aug = aug or SimCLRAugment()
+    if aug.rotate_p or aug.cutout_p:
+        raise ValueError("reference_transform covers the paper's T only; rotate_p and "
+                         "cutout_p (chapter 07's extra ops) exist in augment_batch alone.")
     s = aug.color_strength
     crop = (v2.RandomResizedCrop(aug.size, scale=aug.crop_scale, ratio=aug.crop_ratio)
             if aug.crop else v2.Resize(aug.size))
@@ -133,6 +141,8 @@ def sample_params(n: int, aug: SimCLRAugment, height: int = 32, width: int = 32,
     Returns (n,) tensors: ``top, left, height, width`` (crop box, pixels), ``flip, jitter,
     gray, blur`` (bool), ``brightness, contrast, saturation, hue`` (jitter factors), ``sigma``
     (blur std) and ``order`` (n, 4), each row a permutation of 0..3 (``JITTER_OPS``).
+    With ``aug.rotate_p`` or ``aug.cutout_p`` above 0, also ``rotate`` (quarter turns, 0 for
+    none) or ``cutout`` (bool) and ``cut_y, cut_x`` (square centre, in [0, 1) of the view).
     """
     device = generator.device if generator is not None else torch.device(device or "cpu")
 
@@ -156,17 +166,22 @@ def sample_params(n: int, aug: SimCLRAugment, height: int = 32, width: int = 32,
         top, left = torch.zeros(n, device=device), torch.zeros(n, device=device)
         h, w = torch.full((n,), H, device=device), torch.full((n,), W, device=device)
     r = aug.jitter_ranges()
-    return dict(top=top.long(), left=left.long(), height=h.long(), width=w.long(),
-                flip=u(n) < aug.flip_p,
-                jitter=u(n) < aug.color_p,
-                brightness=u(n, lo=r["brightness"][0], hi=r["brightness"][1]),
-                contrast=u(n, lo=r["contrast"][0], hi=r["contrast"][1]),
-                saturation=u(n, lo=r["saturation"][0], hi=r["saturation"][1]),
-                hue=u(n, lo=r["hue"][0], hi=r["hue"][1]),
-                order=u(n, 4).argsort(1),  # a uniform random permutation per image
-                gray=u(n) < aug.gray_p,
-                blur=u(n) < aug.blur_p,
-                sigma=u(n, lo=aug.blur_sigma[0], hi=aug.blur_sigma[1]))
+    extra = {}  # drawn only when asked for, so the views of T itself stay as they were
+    if aug.rotate_p:
+        extra["rotate"] = torch.where(u(n) < aug.rotate_p, (u(n) * 3).long() + 1, 0)
+    if aug.cutout_p:
+        extra.update(cutout=u(n) < aug.cutout_p, cut_y=u(n), cut_x=u(n))
+    return extra | dict(top=top.long(), left=left.long(), height=h.long(), width=w.long(),
+                        flip=u(n) < aug.flip_p,
+                        jitter=u(n) < aug.color_p,
+                        brightness=u(n, lo=r["brightness"][0], hi=r["brightness"][1]),
+                        contrast=u(n, lo=r["contrast"][0], hi=r["contrast"][1]),
+                        saturation=u(n, lo=r["saturation"][0], hi=r["saturation"][1]),
+                        hue=u(n, lo=r["hue"][0], hi=r["hue"][1]),
+                        order=u(n, 4).argsort(1),  # a uniform random permutation per image
+                        gray=u(n) < aug.gray_p,
+                        blur=u(n) < aug.blur_p,
+                        sigma=u(n, lo=aug.blur_sigma[0], hi=aug.blur_sigma[1]))
 
 
 def apply_params(images: Tensor, t: dict[str, Tensor], aug: SimCLRAugment) -> Tensor:
@@ -182,6 +197,9 @@ def apply_params(images: Tensor, t: dict[str, Tensor], aug: SimCLRAugment) -> Te
     t = {k: v.to(images.device) for k, v in t.items()}
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     x = _crop_flip(x, t, aug.size)  # (B, 3, size, size) in [0, 1]
+    for quarter_turns in (1, 2, 3) if "rotate" in t else ():
+        m = t["rotate"] == quarter_turns
+        x[m] = torch.rot90(x[m], quarter_turns, (2, 3))
     factors = torch.stack([t[k] for k in JITTER_OPS], 1)  # (B, 4)
     for step in range(4):  # a loop over the 4 positions of the order, not over images
         for k, op in enumerate((_brightness, _contrast, _saturation, _hue)):
@@ -191,6 +209,8 @@ def apply_params(images: Tensor, t: dict[str, Tensor], aug: SimCLRAugment) -> Te
     if t["blur"].any():  # skipped at no cost when blur is off (CIFAR-10)
         m = t["blur"]
         x[m] = _blur(x[m], t["sigma"][m], aug.blur_kernel)
+    if "cutout" in t:
+        x = _cutout(x, t)
     return normalize(x) if aug.normalize else x
 
 
@@ -298,3 +318,17 @@ def _blur(x: Tensor, sigma: Tensor, k: int) -> Tensor:
     y = F.conv2d(y, w.view(B * C, 1, 1, k), groups=B * C)  # along each row
     y = F.conv2d(y, w.view(B * C, 1, k, 1), groups=B * C)  # along each column
     return y.view(B, C, H, W)
+
+
+def _cutout(x: Tensor, t: dict[str, Tensor]) -> Tensor:
+    """A square of half the side around (cut_y, cut_x), clipped at the border, set to the
+    mean colour (DeVries & Taylor, 2017), where ``cutout``."""
+    B, _, S, _ = x.shape
+    pos = torch.arange(S, device=x.device)
+    half = S // 4  # the square's side is S / 2
+    cy, cx = (t["cut_y"] * S).long()[:, None], (t["cut_x"] * S).long()[:, None]
+    rows = ((pos - cy).abs() < half) | ((pos - cy) == -half)  # (B, S): half rows each side
+    cols = ((pos - cx).abs() < half) | ((pos - cx) == -half)
+    box = rows[:, :, None] & cols[:, None, :] & t["cutout"][:, None, None]  # (B, S, S)
+    mean = torch.tensor(CIFAR10_MEAN, device=x.device).view(1, 3, 1, 1)
+    return torch.where(box[:, None], mean, x)

@@ -46,7 +46,7 @@ def _check_temperature(temperature: float) -> None:
 
 
 def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5,
-            distributed: bool = False) -> torch.Tensor:
+            distributed: bool = False, normalize: bool = True) -> torch.Tensor:
     """NT-Xent loss of a batch of N positive pairs, averaged over all 2N anchors.
 
     Args:
@@ -62,6 +62,8 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5,
             loss of the global batch. (Checked with 2 and 4 gloo processes against one
             process holding the whole batch; the committed test runs a group of one.)
             Every process must pass the same N (use drop_last=True).
+        normalize: l2-normalise z first, so that similarities are cosines (the paper's
+            choice). False uses raw dot products, the ablation of the paper's Table 5.
     Returns:
         A scalar float32 tensor (float64 if z is float64), even under autocast.
 
@@ -88,7 +90,8 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5,
         if not torch.isfinite(z).all():
             raise ValueError("z_i or z_j contains NaN or inf: training diverged before the "
                              "loss; lower the learning rate or check the inputs and model.")
-        z = F.normalize(z, dim=1)  # unit rows, so z @ z.T holds cosine similarities
+        if normalize:
+            z = F.normalize(z, dim=1)  # unit rows, so z @ z.T holds cosine similarities
         if distributed:
             z_i_all = torch.cat(_all_gather(z[:n]))  # (N, d), N = n * world
             z_j_all = torch.cat(_all_gather(z[n:]))
@@ -129,13 +132,14 @@ def _all_gather(x: torch.Tensor) -> list[torch.Tensor]:
 class NTXentLoss(nn.Module):
     """nt_xent as a module, for code that wants ``criterion = NTXentLoss(0.5)``."""
 
-    def __init__(self, temperature: float = 0.5, distributed: bool = False):
+    def __init__(self, temperature: float = 0.5, distributed: bool = False,
+                 normalize: bool = True):
         super().__init__()
         _check_temperature(temperature)
-        self.temperature, self.distributed = temperature, distributed
+        self.temperature, self.distributed, self.normalize = temperature, distributed, normalize
 
     def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
-        return nt_xent(z_i, z_j, self.temperature, self.distributed)
+        return nt_xent(z_i, z_j, self.temperature, self.distributed, self.normalize)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, distributed={self.distributed}"

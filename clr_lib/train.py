@@ -162,7 +162,7 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
             with autocast:
                 h, z = net(torch.cat([x_i, x_j]))  # (2N, d_h), (2N, d_z)
             z_i, z_j = z.float().chunk(2)
-            loss = nt_xent(z_i, z_j, cfg.temperature, distributed=world > 1)
+            loss = nt_xent(z_i, z_j, cfg.temperature, world > 1, cfg.l2_normalize)
             _stop_if_not_finite(loss, step, lr, run_dir)
             for g in optimizer.param_groups:
                 g["lr"] = lr

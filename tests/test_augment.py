@@ -250,3 +250,43 @@ def test_same_views_on_an_accelerator(device):
     assert dev.device.type == device and torch.allclose(dev.cpu(), cpu, atol=1e-4)
     g = torch.Generator(device).manual_seed(0)
     assert two_views(x.to(device), ALL_ON, g)[0].device.type == device
+
+
+# --- the two extra ops of chapter 07's grid (not in the paper's T) --------------------------
+
+def _plain(**kw):
+    return SimCLRAugment(size=16, crop=False, flip_p=0.0, color_p=0.0, gray_p=0.0,
+                         normalize=False, **kw)
+
+
+def test_extra_ops_are_off_by_default_and_leave_the_random_stream_alone():
+    t = sample_params(8, SimCLRAugment(), generator=torch.Generator().manual_seed(0))
+    assert "rotate" not in t and "cutout" not in t
+    with pytest.raises(ValueError, match="rotate_p and cutout_p"):
+        reference_transform(SimCLRAugment(rotate_p=0.5))
+
+
+def test_rotation_by_quarter_turns():
+    images = torch.randint(0, 256, (400, 3, 16, 16), dtype=torch.uint8)
+    views, t = augment_batch(images, _plain(rotate_p=0.5), torch.Generator().manual_seed(0),
+                             return_params=True)
+    x = images.float() / 255
+    for i in range(len(images)):
+        assert torch.allclose(views[i], torch.rot90(x[i], int(t["rotate"][i]), (1, 2)), atol=1e-6)
+    counts = torch.bincount(t["rotate"], minlength=4)  # 0: none, then 1, 2, 3 quarter turns
+    assert 150 < counts[0] < 250 and all(40 < c < 95 for c in counts[1:])
+
+
+def test_cutout_covers_a_half_side_square_with_the_mean_colour():
+    images = torch.full((300, 3, 16, 16), 255, dtype=torch.uint8)
+    views, t = augment_batch(images, _plain(cutout_p=0.5), torch.Generator().manual_seed(1),
+                             return_params=True)
+    cut = (views < 1).all(1)  # (B, 16, 16): pixels set to the mean colour (all below 1)
+    assert torch.equal(cut.any((1, 2)), t["cutout"])
+    assert 110 < int(t["cutout"].sum()) < 190
+    rows, cols = cut.any(2).sum(1), cut.any(1).sum(1)  # the box's height and width
+    assert rows[t["cutout"]].max() == 8 and cols[t["cutout"]].max() == 8  # side / 2, unclipped
+    assert (rows[t["cutout"]] >= 4).all()  # clipped at the border to at least half the box
+    mean = torch.tensor(CIFAR10_MEAN).view(3, 1)
+    i = int(t["cutout"].nonzero()[0])
+    assert torch.allclose(views[i][:, cut[i]], mean.expand(3, int(cut[i].sum())))

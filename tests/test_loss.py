@@ -144,3 +144,16 @@ def test_distributed_mode_in_a_group_of_one_equals_the_plain_loss(tmp_path):
         assert torch.allclose(a.grad, b.grad)
     finally:
         dist.destroy_process_group()
+
+
+def test_without_l2_normalisation_the_loss_uses_dot_products():
+    torch.manual_seed(0)
+    z_i, z_j = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    z = torch.cat([z_i, z_j])
+    logits = z @ z.T / 2.0
+    logits.fill_diagonal_(float("-inf"))
+    target = torch.arange(12).roll(6)
+    expected = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.allclose(nt_xent(z_i, z_j, 2.0, normalize=False), expected, atol=1e-12)
+    assert not torch.allclose(nt_xent(z_i, z_j, 2.0), expected)  # the default normalises
+    assert torch.allclose(NTXentLoss(2.0, normalize=False)(z_i, z_j), expected, atol=1e-12)
