@@ -91,9 +91,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, spli
     calls = {"n": 0}
     real = T.nt_xent
 
-    def breaks_in_epoch_two(z_i, z_j, temperature, distributed=False):
+    def breaks_in_epoch_two(z_i, z_j, temperature, distributed=False, normalize=True):
         calls["n"] += 1
-        loss = real(z_i, z_j, temperature)
+        loss = real(z_i, z_j, temperature, distributed, normalize)
         return loss * float("nan") if calls["n"] > len(splits.train) // cfg.batch_size else loss
     monkeypatch.setattr(T, "nt_xent", breaks_in_epoch_two)
     with pytest.raises(FloatingPointError, match=f"nan at step.*last good checkpoint.*{tmp_path}"):
