@@ -11,6 +11,7 @@ Introduced in chapter 04. A checkpoint is a plain dict of tensors, numbers and s
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -27,6 +28,14 @@ def save_checkpoint(path: Path, **state) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def save_json_atomic(path: Path, obj, indent: int | None = None) -> None:
+    """json.dumps to a temporary file, then rename (history.json, chapter 07's cell records)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent) + ("\n" if indent is not None else ""))
     os.replace(tmp, path)
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clr_lib.augment import SimCLRAugment, two_views
+from clr_lib.checkpoint import save_json_atomic
 from clr_lib.config import Config, get_config, pick_device
 from clr_lib.data import Splits, load_splits
 from clr_lib.evaluate import balanced_subset, evaluate_model
@@ -275,7 +276,7 @@ def run_grid(finding: str, profile: str = "laptop", out: str | os.PathLike = "re
         splits = splits or grid_splits(profile, data_dir)
         bar.set_postfix_str(cell.name)
         record = run_cell(cell, profile, splits, data_dir)
-        _write_json_atomic(path, record)
+        save_json_atomic(path, record, indent=1)  # a killed run leaves no half-written cell
         records.append(record)
     return records
 
@@ -301,13 +302,6 @@ def _check_record(path: Path, cell: Cell, profile: str) -> dict:
 
 
 _MACHINE_FIELDS = {"data_dir", "device", "num_threads", "download"}  # not part of a cell
-
-
-def _write_json_atomic(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)  # a killed run leaves no half-written cell behind
 
 
 def load_results(out: str | os.PathLike, finding: str) -> dict[str, dict]:

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clr_lib.augment import SimCLRAugment, two_views
-from clr_lib.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from clr_lib.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_json_atomic
 from clr_lib.config import Config, get_config, pick_device
 from clr_lib.data import Splits, load_splits
 from clr_lib.evaluate import extract_features, knn_accuracy
@@ -247,9 +247,7 @@ def _save(run_dir, model, optimizer, rng, cfg, splits, step, total, history, sta
                     elapsed=time.perf_counter() - start, history=history,
                     rng={k: g.get_state() for k, g in rng.items()},
                     torch_rng=torch.get_rng_state())
-    tmp = Path(run_dir) / "history.json.tmp"
-    tmp.write_text(json.dumps(history))
-    os.replace(tmp, Path(run_dir) / "history.json")
+    save_json_atomic(Path(run_dir) / "history.json", history)
 
 
 def _resume(run_dir, model, optimizer, rng, cfg):
