@@ -13,9 +13,11 @@
 Run it alone: two trainings at once on a small machine measure nothing.
 
 Measured on the 2-core CPU alone (laptop profile: ConvNet width 32, batch 256, 16x16 views,
-bf16 on AMX): course pipeline 1,056 images/s; per-image v2 + DataLoader 291 / 343 / 319
-images/s with 0 / 1 / 2 workers; ratio 3.1x over the best. 15 minutes of training (seed 0,
-``python -m clr_lib.train --profile laptop``): 3,524 steps, kNN top-1 on val 0.628.
+crop minimum 0.2, bf16 on AMX): course pipeline 1,041 images/s; per-image v2 + DataLoader
+325 / 356 / 443 images/s with 0 / 1 / 2 workers; ratio 2.35x over the best (an earlier run
+with crop minimum 0.08: 1,056 vs 343, 3.1x). 15 minutes of training (seeds 0, 1, 2,
+``python -m clr_lib.train --profile laptop --seed N``): 3,784 / 3,223 / 3,442 steps, kNN top-1
+on val 0.649 / 0.640 / 0.637.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +40,17 @@ def test_the_laptop_grids():
         assert len({c.name for c in cells}) == len(cells)
         for c in cells:
             E.base_config("laptop", **c.overrides)
+
+
+def test_the_committed_laptop_results_match_the_grid_as_it_is_now():
+    """results/ holds one record per laptop cell, each made with today's grid and profile
+    (retuning the laptop profile must pin the old values in GRIDS["laptop"]["base"])."""
+    results = Path(__file__).parents[1] / "results"
+    for finding in E.FINDINGS:
+        cells = E.grid(finding, "laptop")
+        assert sorted(E.load_results(results, finding)) == sorted(c.name for c in cells)
+        for cell in cells:
+            E._check_record(E.cell_path(results, cell), cell, "laptop")
 
 
 def test_unknown_finding_or_profile():
