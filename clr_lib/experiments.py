@@ -52,8 +52,9 @@ FINDINGS = ("augmentations", "head", "temperature", "batch_size")
 # length is in epochs over the subset (steps = epochs x images / batch size).
 GRIDS = {
     # base: values pinned for the grid, so that results/ stays reproducible when the laptop
-    # profile is retuned (the grid was run with tau 0.5 and the paper's crop scale)
-    "laptop": dict(base=dict(temperature=0.5, crop_scale=(0.08, 1.0)), train_images=10_000,
+    # profile is retuned (the grid was run with tau 0.5, the paper's crop scale and h of 8w)
+    "laptop": dict(base=dict(temperature=0.5, crop_scale=(0.08, 1.0), feature_dim=None),
+                   train_images=10_000,
                    epochs=dict(augmentations=6, head=8, temperature=8),
                    batch_epochs=(2, 8), batches=(64, 256, 1024), head_seeds=(0, 1, 2),
                    ops=("crop", "color", "gray", "blur", "flip", "rotate", "cutout"),
@@ -292,8 +293,9 @@ def _check_record(path: Path, cell: Cell, profile: str) -> dict:
                          f"changes {record.get('overrides')}), not by this cell (profile "
                          f"{profile!r}). Use another --out, or delete the file to rerun it.")
     now = _jsonable(dataclasses.asdict(base_config(profile, **cell.overrides)))
-    changed = sorted(k for k in now.keys() - _MACHINE_FIELDS
-                     if record.get("config", {}).get(k, now[k]) != now[k])
+    # a field added to Config after the record was made had its default value then
+    then = {**_jsonable(dataclasses.asdict(Config())), **record.get("config", {})}
+    changed = sorted(k for k in now.keys() - _MACHINE_FIELDS if then[k] != now[k])
     if changed:
         raise ValueError(f"{path} was made with other settings of {changed} than this cell has "
                          "now (the profile or grid changed since). Use another --out, or "

@@ -119,7 +119,7 @@ def train_supervised(cfg: Config, data: ImageData, *, progress: bool = True
     pretraining uses it) and its budget: ``cfg.budget_minutes``, else ``cfg.num_epochs``
     passes over ``data``."""
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg.encoder, cfg.width)
+    encoder = build_encoder(cfg.encoder, cfg.width, feature_dim=cfg.feature_dim)
     device = pick_device(cfg.device)
     steps = None if cfg.budget_minutes else cfg.num_epochs * max(1, len(data) // cfg.batch_size)
     return finetune(encoder, data, steps, budget_minutes=cfg.budget_minutes,

@@ -50,35 +50,37 @@ class ConvNet(nn.Module):
 
     Channels double as the resolution halves (width, 2, 4, 8 x width at 32, 16, 8, 4 pixels),
     so the convs after the first cost about the same FLOPs each, and h has 8 x width
-    dimensions. Plain convs, no residuals: at five layers they are not needed, and each skip
-    connection adds memory traffic. At width 32 it has 0.54 M
-    parameters and does 0.13 GFLOPs per 32x32 image (ResNet-18 with the CIFAR stem: 11.2 M,
+    dimensions unless ``feature_dim`` widens the last conv (the laptop profile: 16 x width).
+    Plain convs, no residuals: at five layers they are not needed, and each skip
+    connection adds memory traffic. At width 32 it has 0.54 M parameters and does 0.13 GFLOPs
+    per 32x32 image (with h of 512: 0.83 M and 0.17 GFLOPs; ResNet-18 with the CIFAR stem: 11.2 M,
     1.1 GFLOPs). Weights and inputs are kept channels_last (NHWC): forward+backward at batch
     256 on 2 CPU cores went from 300 to 500 images/s (torch 2.14, seed 0; ResNet-18 gained
     nothing, so it stays NCHW).
 
     Args:
         width: channels of the first stage (course: 16 smoke, 32 laptop).
-    Input (B, 3, H, W) floats, output h (B, 8 * width).
+        feature_dim: channels of the last conv, so the size of h (None: 8 x width).
+    Input (B, 3, H, W) floats, output h (B, feature_dim).
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, feature_dim: int | None = None):
         super().__init__()
-        w = width
+        w, d = width, feature_dim or 8 * width
         self.features = nn.Sequential(
             conv_bn_relu(3, w, pool=False),  # (B, w, 32, 32)
             conv_bn_relu(w, 2 * w, pool=True),  # (B, 2w, 16, 16)
             conv_bn_relu(2 * w, 4 * w, pool=True),  # (B, 4w, 8, 8)
             conv_bn_relu(4 * w, 4 * w, pool=False),  # (B, 4w, 8, 8)
-            conv_bn_relu(4 * w, 8 * w, pool=True),  # (B, 8w, 4, 4)
+            conv_bn_relu(4 * w, d, pool=True),  # (B, d, 4, 4)
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = 8 * w
+        self.feature_dim = d
         self.to(memory_format=torch.channels_last)  # .to(device) later keeps this layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        return self.pool(self.features(x)).flatten(1)  # (B, 8w)
+        return self.pool(self.features(x)).flatten(1)  # (B, d)
 
 
 class ResNetEncoder(nn.Module):
@@ -112,10 +114,12 @@ class ResNetEncoder(nn.Module):
         return self.net(x)  # (B, feature_dim)
 
 
-def build_encoder(name: str = "convnet", width: int = 32, stem: str = "cifar") -> nn.Module:
-    """The encoder f named ``name`` (one of ENCODERS); ``width`` is for the ConvNet only."""
+def build_encoder(name: str = "convnet", width: int = 32, stem: str = "cifar",
+                  feature_dim: int | None = None) -> nn.Module:
+    """The encoder f named ``name`` (one of ENCODERS); ``width`` and ``feature_dim`` are for
+    the ConvNet only (a ResNet's h has a fixed size)."""
     if name == "convnet":
-        return ConvNet(width)
+        return ConvNet(width, feature_dim)
     if name in ("resnet18", "resnet50"):
         return ResNetEncoder(int(name[len("resnet"):]), stem=stem)
     raise ValueError(f"Unknown encoder {name!r}: choose one of {ENCODERS}.")
@@ -192,9 +196,9 @@ class SimCLR(nn.Module):
 
 
 def build_model(cfg) -> SimCLR:
-    """The SimCLR network a Config describes (fields encoder, width, head, proj_hidden_dim,
-    proj_dim)."""
-    encoder = build_encoder(cfg.encoder, cfg.width)
+    """The SimCLR network a Config describes (fields encoder, width, feature_dim, head,
+    proj_hidden_dim, proj_dim)."""
+    encoder = build_encoder(cfg.encoder, cfg.width, feature_dim=cfg.feature_dim)
     head = projection_head(cfg.head, encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
     return SimCLR(encoder, head)
 

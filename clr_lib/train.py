@@ -255,12 +255,13 @@ def _resume(run_dir, model, optimizer, rng, cfg):
         raise ValueError("resume=True needs the run_dir of the run to continue.")
     state = load_checkpoint(run_dir)
     saved = state["config"]
-    if (saved.get("encoder"), saved.get("width"), saved.get("head")) != (
-            cfg.encoder, cfg.width, cfg.head):
-        raise ValueError(f"The checkpoint in {run_dir} is a {saved.get('encoder')} of width "
-                         f"{saved.get('width')} with a {saved.get('head')} head, not the "
-                         f"{cfg.encoder} of width {cfg.width} with a {cfg.head} head asked "
-                         "for; use the same profile and options, or another --out.")
+    keys = ("encoder", "width", "feature_dim", "head")  # what decides the weights' shapes
+    made = [f"{k}={saved.get(k)}" for k in keys]
+    asked = [f"{k}={getattr(cfg, k)}" for k in keys]
+    if made != asked:
+        raise ValueError(f"The checkpoint in {run_dir} was made with {', '.join(made)}, not the "
+                         f"{', '.join(asked)} asked for; use the same profile and options, or "
+                         "another --out.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     for k, g in rng.items():

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -100,9 +101,14 @@ def test_a_record_of_another_grid_stops_with_a_clear_error(synthetic):
     path.write_text(json.dumps(dict(profile="laptop", overrides=cell.overrides)))
     with pytest.raises(ValueError, match="made by another grid"):
         E.run_grid("head", "smoke", synthetic, progress=False)
+    config = E._jsonable(dataclasses.asdict(E.base_config("smoke", **cell.overrides)))
     path.write_text(json.dumps(dict(profile="smoke", overrides=cell.overrides,
-                                    config=dict(width=999, data_dir="/elsewhere"))))
+                                    config={**config, "width": 999, "data_dir": "/elsewhere"})))
     with pytest.raises(ValueError, match=r"other settings of \['width'\]"):  # not data_dir
+        E.run_grid("head", "smoke", synthetic, progress=False)
+    del config["max_per_class"]  # a field the record predates had its default (None), not 100
+    path.write_text(json.dumps(dict(profile="smoke", overrides=cell.overrides, config=config)))
+    with pytest.raises(ValueError, match=r"other settings of \['max_per_class'\]"):
         E.run_grid("head", "smoke", synthetic, progress=False)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not a readable cell record"):

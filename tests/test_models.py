@@ -85,6 +85,13 @@ def test_build_model_from_smoke_config_returns_h_and_z(head, x):
     assert model.out_dim == (model.feature_dim if head == "none" else cfg.proj_dim)
 
 
+def test_feature_dim_sets_the_size_of_h(x):
+    f = ConvNet(8, feature_dim=96)
+    assert f(x).shape == (4, 96) and f.feature_dim == 96
+    model = build_model(get_config("smoke", width=8, feature_dim=96))
+    assert model(x)[0].shape == (4, 96) and model.head.in_dim == 96
+
+
 def test_gradient_of_z_reaches_every_parameter(x):
     model = SimCLR(ConvNet(8), projection_head("nonlinear", 64, out_dim=16))
     _, z = model(x)

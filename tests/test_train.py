@@ -114,8 +114,11 @@ def test_load_checkpoint_errors(tmp_path):
 
 def test_resume_refuses_another_architecture(tmp_path, splits):
     T.train(tiny_cfg(num_epochs=1), splits, run_dir=tmp_path)
-    with pytest.raises(ValueError, match="width 8 with a nonlinear head, not the convnet of width 16"):
+    with pytest.raises(ValueError, match="width=8, feature_dim=None, head=nonlinear, not the "
+                                         "encoder=convnet, width=16"):
         T.train(tiny_cfg(num_epochs=2, width=16), splits, run_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="feature_dim=None, .* not the .*feature_dim=128"):
+        T.train(tiny_cfg(num_epochs=2, feature_dim=128), splits, run_dir=tmp_path, resume=True)
 
 
 def test_cli_options_come_from_the_config():
