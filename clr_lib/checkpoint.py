@@ -10,7 +10,6 @@ Introduced in chapter 04. A checkpoint is a plain dict of tensors, numbers and s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -59,9 +58,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def model_from_checkpoint(state: dict) -> tuple[SimCLR, Config]:
     """Rebuild the network and its Config from a loaded checkpoint."""
-    fields = {f.name for f in dataclasses.fields(Config)}
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v
-                    for k, v in state["config"].items() if k in fields})
+    cfg = Config.from_dict(state["config"])
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     return model, cfg

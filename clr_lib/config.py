@@ -82,6 +82,15 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | mps
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        """The Config a saved dict describes (a checkpoint's, or a result record's, read back
+        from JSON): lists become tuples, fields the dict predates keep their defaults, and
+        keys Config no longer has are dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in values.items() if k in names})
+
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed; unknown names raise a clear error."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -293,8 +293,7 @@ def _check_record(path: Path, cell: Cell, profile: str) -> dict:
                          f"changes {record.get('overrides')}), not by this cell (profile "
                          f"{profile!r}). Use another --out, or delete the file to rerun it.")
     now = _jsonable(dataclasses.asdict(base_config(profile, **cell.overrides)))
-    # a field added to Config after the record was made had its default value then
-    then = {**_jsonable(dataclasses.asdict(Config())), **record.get("config", {})}
+    then = _jsonable(dataclasses.asdict(Config.from_dict(record.get("config", {}))))
     changed = sorted(k for k in now.keys() - _MACHINE_FIELDS if then[k] != now[k])
     if changed:
         raise ValueError(f"{path} was made with other settings of {changed} than this cell has "

@@ -254,9 +254,9 @@ def _resume(run_dir, model, optimizer, rng, cfg):
     if run_dir is None:
         raise ValueError("resume=True needs the run_dir of the run to continue.")
     state = load_checkpoint(run_dir)
-    saved = state["config"]
+    saved = Config.from_dict(state["config"])
     keys = ("encoder", "width", "feature_dim", "head")  # what decides the weights' shapes
-    made = [f"{k}={saved.get(k)}" for k in keys]
+    made = [f"{k}={getattr(saved, k)}" for k in keys]
     asked = [f"{k}={getattr(cfg, k)}" for k in keys]
     if made != asked:
         raise ValueError(f"The checkpoint in {run_dir} was made with {', '.join(made)}, not the "
