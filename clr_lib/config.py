@@ -119,9 +119,9 @@ _PRESETS: dict[str, dict] = {
     # h of 512 (the last conv 16 x width wide: 0.83 M parameters, 0.17 GFLOPs per 32x32 image
     # instead of 0.54 M and 0.13), chosen at the full 15 minutes: seeds 0, 1, 2 give 65.8%,
     # 64.7%, 64.1% (3,144, 3,030, 3,175 steps, without the kNN check halfway; mean 64.9% vs
-    # 64.2%, each seed higher). No gain at 15 minutes from colour strength 0.4 (65.7, 64.4,
-    # 63.3%) or batch 512 (seed 0: 65.8% with s = 0.4); a sixth conv at 2x2 lost in 5-minute
-    # runs (57.9% vs 60.4%).
+    # 64.2%, each seed higher; this profile, seed 0: 66.0%). No gain at 15 minutes from colour
+    # strength 0.4 (65.7, 64.4, 63.3%) or batch 512 (seed 0: 65.8% with s = 0.4); a sixth conv
+    # at 2x2 lost in 5-minute runs (57.9% vs 60.4%).
     "laptop": dict(encoder="convnet", width=32, batch_size=256, lr=2e-3, view_size=16,
                    crop_scale=(0.2, 1.0), optimizer="adamw", temperature=0.2,
                    feature_dim=512, budget_minutes=15.0, eval_every=15),
