@@ -143,6 +143,7 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     history = dict(step=[], loss=[], lr=[], seconds=[], knn_step=[], knn_top1=[],
                    images_per_s=[], total_steps=total)
     step, elapsed, run_dir = 0, 0.0, Path(run_dir) if run_dir else None
+    full_from = 0  # step where the views grew to full size (cfg.full_size_fraction); 0: not yet
     if resume:  # a budgeted run keeps its length; an epoch-based one may be extended
         step, elapsed, saved_total, history = _resume(run_dir, model, optimizer, rng, cfg)
         total = saved_total if cfg.budget_minutes else total
@@ -157,7 +158,9 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
         for b in range(step % steps_per_epoch, steps_per_epoch):
             idx = perm[b * cfg.batch_size + rank * local_batch:][:local_batch].to(device)
             lr = lr_at(step, total, warmup, peak_lr(cfg))
-            t = aug_full if step >= (1 - cfg.full_size_fraction) * total else aug
+            full = step >= (1 - cfg.full_size_fraction) * total
+            full_from = step if full and not full_from else full_from
+            t = aug_full if full else aug
             x_i, x_j = two_views(images[idx], t, rng["views"])  # (N, 3, S, S) each
             with autocast:
                 h, z = net(torch.cat([x_i, x_j]))  # (2N, d_h), (2N, d_z)
@@ -171,8 +174,8 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
             optimizer.step()
             step += 1
             _log(history, step, loss.item(), lr, time.perf_counter() - start, bar)
-            if budget and step == _PROBE_STEPS:
-                total = _steps_in_budget(history, budget, step, world, bar)
+            if budget and step - full_from == _PROBE_STEPS:  # at the start, and at full size
+                total = _steps_in_budget(history, budget, step, world, bar, since=full_from)
             if step >= total:
                 break
         history["images_per_s"].append(
@@ -180,7 +183,7 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
         if rank == 0 and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and step < total:
             _monitor(model, splits, cfg, device, step, history)
         if budget and step < total:
-            total = _steps_in_budget(history, budget, step, world, bar)
+            total = _steps_in_budget(history, budget, step, world, bar, since=full_from)
         history["total_steps"] = total
         if rank == 0 and run_dir:
             _save(run_dir, model, optimizer, rng, cfg, splits, step, total, history, start)
@@ -213,11 +216,14 @@ def _stop_if_not_finite(loss: torch.Tensor, step: int, lr: float, run_dir) -> No
             "--lr, a higher --temperature or more --warmup-epochs, then --resume or restart.")
 
 
-def _steps_in_budget(history: dict, budget_s: float, step: int, world: int, bar=None) -> int:
-    """Steps that fit in the budget, from the median time of the last (up to 200) steps:
-    the first step (one-off warm-up costs) and a kNN monitor between two steps do not
-    count towards the pace, though the time they took is spent."""
-    secs = torch.tensor(history["seconds"][-201:], dtype=torch.float64)
+def _steps_in_budget(history: dict, budget_s: float, step: int, world: int, bar=None,
+                     since: int = 0) -> int:
+    """Steps that fit in the budget, from the median time of the last (up to 200) steps
+    after step ``since`` (where the views grew to full size: those steps are slower): the
+    first step (one-off warm-up costs) and a kNN monitor between two steps do not count
+    towards the pace, though the time they took is spent."""
+    secs = history["seconds"][:step][max(0, since - 1, step - 201):]
+    secs = torch.tensor(secs, dtype=torch.float64)
     pace = (secs.diff().median() if len(secs) > 1 else secs[0]).item()  # seconds per step
     estimate = step + int(max(0.0, budget_s - secs[-1]) / pace)
     if world > 1:  # every rank must stop at the same step

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from clr_lib.config import get_config
-from clr_lib.models import (ConvNet, ProjectionHead, ResNetEncoder, SimCLR, build_encoder,
-                            build_model, count_parameters, projection_head)
+from clr_lib.models import (Conv3x3, ConvNet, ProjectionHead, ResNetEncoder, SimCLR,
+                            build_encoder, build_model, conv3x3_weight_grad, count_parameters,
+                            projection_head)
 
 
 @pytest.fixture
@@ -97,6 +98,51 @@ def test_gradient_of_z_reaches_every_parameter(x):
     _, z = model(x)
     z.pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("side", [1, 2, 4, 5])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv3x3_weight_grad_is_the_gemm_of_patches_and_output_grads(side, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, side, side, dtype=torch.float64)
+    w = torch.randn(7, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 7, side, side, dtype=torch.float64)
+    torch.nn.functional.conv2d(x, w, padding=1).backward(g)
+    if channels_last:
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    assert torch.allclose(conv3x3_weight_grad(x, g), w.grad, rtol=1e-10, atol=1e-10)
+
+
+def _grads(conv, x, autocast):
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = conv(x)
+    y.float().pow(2).sum().backward()
+    return y, x.grad, conv.weight.grad
+
+
+@pytest.mark.parametrize("side, fast", [(2, True), (5, True), (6, False)])
+def test_conv3x3_in_bf16_matches_nn_conv2d_and_takes_the_gemm_on_small_maps(side, fast):
+    torch.manual_seed(0)
+    conv = Conv3x3(16, 32).to(memory_format=torch.channels_last)
+    plain = nn.Conv2d(16, 32, 3, padding=1, bias=False)
+    plain.weight = nn.Parameter(conv.weight.detach().clone())
+    x = torch.randn(8, 16, side, side).contiguous(memory_format=torch.channels_last)
+    y, gx, gw = _grads(conv, x, autocast=True)
+    y_ref, gx_ref, gw_ref = _grads(plain, x, autocast=True)
+    assert (type(y.grad_fn).__name__ == "_SmallMapConvBackward") == fast  # <= 5x5 only
+    assert y.dtype == y_ref.dtype == torch.bfloat16 and torch.equal(y, y_ref)  # same forward
+    assert gw.dtype == torch.float32
+    for mine, ref in ((gx, gx_ref), (gw, gw_ref)):  # both rounded to bf16 on the way
+        assert ((mine - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_conv3x3_without_autocast_is_nn_conv2d():
+    torch.manual_seed(0)
+    conv = Conv3x3(3, 4)
+    x = torch.randn(2, 3, 4, 4)
+    assert type(conv(x).grad_fn).__name__ == "ConvolutionBackward0"
+    assert torch.equal(conv(x), torch.nn.functional.conv2d(x, conv.weight, padding=1))
 
 
 def test_unknown_names_raise_with_the_choices():

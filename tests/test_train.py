@@ -65,6 +65,15 @@ def test_steps_in_budget_from_the_measured_pace():
     assert T._steps_in_budget(history, budget_s=2.0, step=10, world=1) == 10
 
 
+def test_steps_in_budget_after_views_grow_uses_the_slower_pace():
+    fast = [1.0 + 0.5 * i for i in range(100)]  # 100 steps of 0.5 s at small views ...
+    history = dict(seconds=fast + [fast[-1] + 2.0 * (i + 1) for i in range(20)])  # ... 20 of 2 s
+    spent = history["seconds"][-1]
+    assert T._steps_in_budget(history, 600.0, step=120, world=1) == 120 + int((600 - spent) / 0.5)
+    assert T._steps_in_budget(history, 600.0, step=120, world=1, since=100) == \
+        120 + int((600 - spent) / 2.0)
+
+
 def test_training_runs_checkpoints_and_resumes(tmp_path, splits):
     cfg = tiny_cfg()
     history = T.train(cfg, splits, run_dir=tmp_path)
