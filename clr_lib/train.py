@@ -222,8 +222,8 @@ def _steps_in_budget(history: dict, budget_s: float, step: int, world: int, bar=
     after step ``since`` (where the views grew to full size: those steps are slower): the
     first step (one-off warm-up costs) and a kNN monitor between two steps do not count
     towards the pace, though the time they took is spent."""
-    secs = history["seconds"][:step][max(0, since - 1, step - 201):]
-    secs = torch.tensor(secs, dtype=torch.float64)
+    secs = torch.tensor(history["seconds"][max(0, since - 1, step - 201):step],
+                        dtype=torch.float64)
     pace = (secs.diff().median() if len(secs) > 1 else secs[0]).item()  # seconds per step
     estimate = step + int(max(0.0, budget_s - secs[-1]) / pace)
     if world > 1:  # every rank must stop at the same step

@@ -113,9 +113,9 @@ def test_conv3x3_weight_grad_is_the_gemm_of_patches_and_output_grads(side, chann
     assert torch.allclose(conv3x3_weight_grad(x, g), w.grad, rtol=1e-10, atol=1e-10)
 
 
-def _grads(conv, x, autocast):
+def _bf16_grads(conv, x):
     x = x.clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(x)
     y.float().pow(2).sum().backward()
     return y, x.grad, conv.weight.grad
@@ -128,8 +128,8 @@ def test_conv3x3_in_bf16_matches_nn_conv2d_and_takes_the_gemm_on_small_maps(side
     plain = nn.Conv2d(16, 32, 3, padding=1, bias=False)
     plain.weight = nn.Parameter(conv.weight.detach().clone())
     x = torch.randn(8, 16, side, side).contiguous(memory_format=torch.channels_last)
-    y, gx, gw = _grads(conv, x, autocast=True)
-    y_ref, gx_ref, gw_ref = _grads(plain, x, autocast=True)
+    y, gx, gw = _bf16_grads(conv, x)
+    y_ref, gx_ref, gw_ref = _bf16_grads(plain, x)
     assert (type(y.grad_fn).__name__ == "_SmallMapConvBackward") == fast  # <= 5x5 only
     assert y.dtype == y_ref.dtype == torch.bfloat16 and torch.equal(y, y_ref)  # same forward
     assert gw.dtype == torch.float32
