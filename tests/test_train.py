@@ -95,6 +95,19 @@ def test_loss_falls_over_a_short_run(splits):
     assert sum(last) / 3 < sum(first) / 3
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_knn_monitor_runs_in_the_precision_of_training(splits, monkeypatch, bf16):
+    seen = []
+    real = T.extract_features
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("bf16", False))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(T, "extract_features", recording)
+    history = T.train(tiny_cfg(num_epochs=1, bf16=bf16), splits, progress=False)
+    assert seen == [bf16, bf16] and 0 <= history["knn_top1"][0] <= 1  # bank, then queries
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, splits, monkeypatch):
     cfg = tiny_cfg(num_epochs=3)
     calls = {"n": 0}
