@@ -2,12 +2,12 @@
 
     python benchmarks/conv_weight_grad.py
 
-1. For each conv of the laptop ConvNet on 16x16 views (batch 256 images = 512 views), in
+1. For each conv of the laptop ConvNet on 16x16 views (512 views, one step's), in
    bf16 channels_last: the forward pass, oneDNN's weight gradient and
    ``clr_lib.models.conv3x3_weight_grad`` (dL/dW = G^T P), with their relative difference.
-2. One whole training step of the laptop profile (two views, f, g, NT-Xent, backward,
+2. One whole training step of the laptop profile (its views, f, g, NT-Xent, backward,
    AdamW), with the library's Conv3x3 and with every conv swapped for a plain nn.Conv2d
-   holding the same weights, alternating the two, in images per second.
+   holding the same weights, alternating the two, in views per second.
 
 Medians of repeated timings; this shared CPU's pace drifts, so compare the columns of one run.
 """
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone, uninstalled
-from clr_lib.augment import SimCLRAugment, two_views  # noqa: E402
+from clr_lib.augment import SimCLRAugment, make_views  # noqa: E402
 from clr_lib.config import get_config  # noqa: E402
-from clr_lib.loss import nt_xent  # noqa: E402
+from clr_lib.loss import nt_xent_views  # noqa: E402
 from clr_lib.models import Conv3x3, build_model, conv3x3_weight_grad  # noqa: E402
 from clr_lib.train import build_optimizer  # noqa: E402
 
@@ -88,21 +88,22 @@ def whole_step(rounds: int = 4, steps: int = 12) -> None:
         for model, optimizer, gen, times in runs.values():
             for step in range(steps):
                 start = time.perf_counter()
-                x_i, x_j = two_views(images[torch.randint(0, 10_000, (cfg.batch_size,))], aug,
-                                     gen)
+                batch = images[torch.randint(0, 10_000, (cfg.batch_size,))]
+                views = make_views(batch, cfg.n_views, aug, gen)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    _, z = model(torch.cat([x_i, x_j]))
-                loss = nt_xent(*z.float().chunk(2), cfg.temperature)
+                    _, z = model(torch.cat(views))
+                loss = nt_xent_views(z.float().chunk(cfg.n_views), cfg.temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 if step >= 2:
                     times.append(time.perf_counter() - start)
-    print(f"laptop training step (batch {cfg.batch_size}, {cfg.view_size}x{cfg.view_size} "
-          "views, bf16), median:")
-    rates = {name: cfg.batch_size / statistics.median(r[3]) for name, r in runs.items()}
+    print(f"laptop training step ({cfg.n_views} views of {cfg.batch_size} images, "
+          f"{cfg.view_size}x{cfg.view_size} views, bf16), median:")
+    views = cfg.batch_size * cfg.n_views
+    rates = {name: views / statistics.median(r[3]) for name, r in runs.items()}
     for name, rate in rates.items():
-        print(f"  {name:<18} {rate:7.0f} images/s")
+        print(f"  {name:<18} {rate:7.0f} views/s")
     print(f"  ratio {rates['Conv3x3 (library)'] / rates['nn.Conv2d']:.2f}x")
 
 

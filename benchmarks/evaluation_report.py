@@ -94,7 +94,7 @@ def main() -> None:
         accs = {}
         for name, f in (("SimCLR", model.encoder), ("from scratch", random_model.encoder)):
             clf, _ = finetune(f, subset, args.finetune_steps, aug=finetune_augment(cfg),
-                              batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                              batch_size=cfg.pair_batch_size, seed=cfg.seed, device=device,
                               bf16=bf16, progress=False)
             accs[name] = classifier_accuracy(clf, data)
         row(f"fine-tuned, {fraction:.0%} labels ({len(subset)})", accs)

@@ -3,7 +3,7 @@
     python benchmarks/loss_speed.py             # loss at 2N = 512, then the three encoders
     python benchmarks/loss_speed.py --no-encoders
 
-1. NT-Xent at 2N = 512 views of d = 128 (the smoke/laptop batch of 256 images), forward only:
+1. NT-Xent at 2N = 512 views of d = 128 (256 images, two views each), forward only:
    - the paper's Algorithm 1 written as loops over pairs (one cosine similarity per (i, j),
      one l(i, j) per view), as a learner first writes it;
    - a loop over the 2N anchors, each vectorised over its candidates;

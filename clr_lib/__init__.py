@@ -1,7 +1,7 @@
 """clr_lib: the tested library behind "SimCLR, built and trained by you".
 
 The data path walks one way, one module a step, each named after the paper's term:
-    data (uint8 images) -> augment (x_i, x_j) -> models (f: h, g: z) -> loss (NT-Xent)
+    data (uint8 images) -> augment (x_i, x_j, ...) -> models (f: h, g: z) -> loss (NT-Xent)
     -> train (the loop) -> evaluate (kNN, linear probe) -> finetune (few labels, supervised
     baseline) -> maps (PCA, UMAP) -> viz (pictures). checkpoint reads and writes runs.
 """
@@ -9,10 +9,11 @@ The data path walks one way, one module a step, each named after the paper's ter
 from clr_lib.config import Config, get_config, pick_device
 from clr_lib.data import DatasetError, ImageData, Splits, load_dataset, load_splits, make_synthetic
 from clr_lib.augment import (CIFAR10_MEAN, CIFAR10_STD, SimCLRAugment, apply_params, augment_batch,
-                             denormalize, normalize, reference_transform, sample_params, two_views)
+                             denormalize, make_views, normalize, reference_transform,
+                             sample_params, two_views)
 from clr_lib.models import (ConvNet, ProjectionHead, ResNetEncoder, SimCLR, build_encoder,
                             build_model, count_parameters, projection_head)
-from clr_lib.loss import NTXentLoss, nt_xent
+from clr_lib.loss import NTXentLoss, nt_xent, nt_xent_views
 from clr_lib.diagnostics import (alignment, embedding_report, embedding_std, positive_rank,
                                  positive_topk, uniformity)
 from clr_lib.maps import map_2d, pca
@@ -34,10 +35,11 @@ __all__ = [
     "Config", "get_config", "pick_device",
     "DatasetError", "ImageData", "Splits", "load_dataset", "load_splits", "make_synthetic",
     "CIFAR10_MEAN", "CIFAR10_STD", "SimCLRAugment", "apply_params", "augment_batch",
-    "denormalize", "normalize", "reference_transform", "sample_params", "two_views",
+    "denormalize", "make_views", "normalize", "reference_transform", "sample_params",
+    "two_views",
     "ConvNet", "ProjectionHead", "ResNetEncoder", "SimCLR", "build_encoder", "build_model",
     "count_parameters", "projection_head",
-    "NTXentLoss", "nt_xent",
+    "NTXentLoss", "nt_xent", "nt_xent_views",
     "alignment", "embedding_report", "embedding_std", "positive_rank", "positive_topk",
     "uniformity",
     "balanced_subset", "evaluate_model", "extract_features", "fit_linear_probe", "knn_accuracy",

@@ -242,8 +242,19 @@ def two_views(images: Tensor, aug: SimCLRAugment | None = None,
     Returns:
         x_i, x_j: (N, 3, size, size) float32 each; row k of both comes from image k.
     """
-    views = augment_batch(torch.cat([images, images]), aug, generator)  # one call: (2N, ...)
-    return views[: len(images)], views[len(images):]
+    x_i, x_j = make_views(images, 2, aug, generator)
+    return x_i, x_j
+
+
+def make_views(images: Tensor, count: int, aug: SimCLRAugment | None = None,
+               generator: torch.Generator | None = None) -> list[Tensor]:
+    """``count`` views of every image, each with its own t ~ T (``two_views`` is count=2).
+
+    Returns:
+        ``count`` tensors (N, 3, size, size); row k of each comes from image k.
+    """
+    views = augment_batch(images.repeat(count, 1, 1, 1), aug, generator)  # one call: (cN, ...)
+    return list(views.chunk(count))
 
 
 # --- the ops, batched: x (B, 3, H, W) in [0, 1], factor f (B, 1, 1, 1) -----------------------

@@ -117,15 +117,17 @@ def train_supervised(cfg: Config, data: ImageData, *, progress: bool = True
     """The supervised baseline: cfg's encoder from random weights, trained with all labels,
     SimCLR's augmentations (``SimCLRAugment.from_config``), its precision (bf16 where
     pretraining uses it) and its budget: ``cfg.budget_minutes``, else ``cfg.num_epochs``
-    passes over ``data``. Without weight decay, as ``finetune``: ``cfg.weight_decay`` is
-    tuned for the contrastive loss, where every decayed weight sits before a BatchNorm or
-    z's l2-normalisation (chapter 04), unlike a classifier's last layer."""
+    passes over ``data``, in batches of ``cfg.pair_batch_size``. Without weight decay, as
+    ``finetune``: ``cfg.weight_decay`` is tuned for the contrastive loss, where every decayed
+    weight sits before a BatchNorm or z's l2-normalisation (chapter 04), unlike a
+    classifier's last layer."""
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(cfg.encoder, cfg.width, feature_dim=cfg.feature_dim)
     device = pick_device(cfg.device)
-    steps = None if cfg.budget_minutes else cfg.num_epochs * max(1, len(data) // cfg.batch_size)
+    batch = cfg.pair_batch_size
+    steps = None if cfg.budget_minutes else cfg.num_epochs * max(1, len(data) // batch)
     return finetune(encoder, data, steps, budget_minutes=cfg.budget_minutes,
-                    aug=SimCLRAugment.from_config(cfg), batch_size=cfg.batch_size,
+                    aug=SimCLRAugment.from_config(cfg), batch_size=batch,
                     seed=cfg.seed, device=device, bf16=use_bf16(cfg, device), progress=progress)
 
 

@@ -4,6 +4,8 @@ Introduced in chapter 04. One step walks the data path of the paper's Algorithm 
 
     uint8 batch -> two_views -> x_i, x_j -> f -> h -> g -> z -> NT-Xent -> optimiser step
 
+(with ``n_views`` V > 2, V views of each image and the NT-Xent of ``loss.nt_xent_views``).
+
     python -m clr_lib.train --profile laptop --budget-minutes 15 --out runs/laptop
     python -m clr_lib.train --profile gpu --out runs/gpu            # ResNet-18, 800 epochs
     torchrun --nproc_per_node 4 -m clr_lib.train --profile gpu      # 4 GPUs, same global batch
@@ -28,12 +30,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from clr_lib.augment import SimCLRAugment, two_views
+from clr_lib.augment import SimCLRAugment, make_views
 from clr_lib.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_json_atomic
 from clr_lib.config import Config, get_config, pick_device
 from clr_lib.data import Splits, load_splits
 from clr_lib.evaluate import extract_features, knn_accuracy
-from clr_lib.loss import nt_xent
+from clr_lib.loss import nt_xent_views
 from clr_lib.models import SimCLR, build_model
 
 # ----------------------------------------------------------------------------- optimisation
@@ -139,6 +141,9 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(images)} "
                          "training images; lower --batch-size.")
+    if not (isinstance(cfg.n_views, int) and cfg.n_views >= 2):
+        raise ValueError(f"n_views must be a whole number >= 2 (views of each image per step; "
+                         f"the paper uses 2), got {cfg.n_views!r}.")
     warmup, total = int(cfg.warmup_epochs * steps_per_epoch), cfg.num_epochs * steps_per_epoch
     history = dict(step=[], loss=[], lr=[], seconds=[], knn_step=[], knn_top1=[],
                    images_per_s=[], total_steps=total)
@@ -161,11 +166,11 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
             full = step >= (1 - cfg.full_size_fraction) * total
             full_from = step if full and not full_from else full_from
             t = aug_full if full else aug
-            x_i, x_j = two_views(images[idx], t, rng["views"])  # (N, 3, S, S) each
+            views = make_views(images[idx], cfg.n_views, t, rng["views"])  # V x (N, 3, S, S)
             with autocast:
-                h, z = net(torch.cat([x_i, x_j]))  # (2N, d_h), (2N, d_z)
-            z_i, z_j = z.float().chunk(2)
-            loss = nt_xent(z_i, z_j, cfg.temperature, world > 1, cfg.l2_normalize)
+                h, z = net(torch.cat(views))  # (VN, d_h), (VN, d_z)
+            z_views = z.float().chunk(cfg.n_views)  # (z_i, z_j) for the paper's V = 2
+            loss = nt_xent_views(z_views, cfg.temperature, world > 1, cfg.l2_normalize)
             _stop_if_not_finite(loss, step, lr, run_dir)
             for g in optimizer.param_groups:
                 g["lr"] = lr

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from clr_lib.augment import (CIFAR10_MEAN, CIFAR10_STD, JITTER_OPS, SimCLRAugment, apply_params,
-                             augment_batch, denormalize, normalize, reference_transform,
+                             augment_batch, denormalize, make_views, normalize, reference_transform,
                              sample_params, two_views)
 
 N_LAW = 4000  # draws per law test
@@ -61,6 +61,18 @@ def test_two_views_pairs_rows_of_the_same_images():
     geo = SimCLRAugment(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), color_p=0, gray_p=0)
     a, b = two_views(x, geo, gen())
     assert torch.allclose(a.mean((1, 2, 3)), b.mean((1, 2, 3)), atol=1e-5)
+
+
+def test_make_views_gives_count_views_and_two_of_them_are_two_views():
+    x = images(5)
+    views = make_views(x, 3, SimCLRAugment(), gen())
+    assert len(views) == 3 and all(v.shape == (5, 3, 32, 32) for v in views)
+    assert not torch.allclose(views[0], views[2])
+    pair = make_views(x, 2, SimCLRAugment(), gen())
+    assert all(torch.equal(a, b) for a, b in zip(pair, two_views(x, SimCLRAugment(), gen())))
+    geo = SimCLRAugment(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), color_p=0, gray_p=0)
+    means = torch.stack([v.mean((1, 2, 3)) for v in make_views(x, 4, geo, gen())])  # (4, 5)
+    assert torch.allclose(means, means[:1].expand(4, -1), atol=1e-5)  # row k: image k
 
 
 def test_identity_when_every_op_is_off():

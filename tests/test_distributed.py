@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from clr_lib.loss import nt_xent
+from clr_lib.loss import nt_xent, nt_xent_views
 
 N, D, WORLD, TAU = 8, 5, 2, 0.3
 
@@ -23,7 +23,12 @@ def _rank(rank: int, init_file: str, out_dir: str) -> None:
     mine_j = z_j[rank * n:(rank + 1) * n].clone().requires_grad_()
     loss = nt_xent(mine_i, mine_j, TAU, distributed=True)
     loss.backward()
-    torch.save(dict(loss=loss.detach(), grad_i=mine_i.grad, grad_j=mine_j.grad),
+    z_k = torch.randn(N, D, generator=g)  # a third view: nt_xent_views gathers each view
+    mine = [z[rank * n:(rank + 1) * n].clone().requires_grad_() for z in (z_i, z_j, z_k)]
+    loss3 = nt_xent_views(mine, TAU, distributed=True)
+    loss3.backward()
+    torch.save(dict(loss=loss.detach(), grad_i=mine_i.grad, grad_j=mine_j.grad,
+                    loss3=loss3.detach(), grads3=torch.stack([z.grad for z in mine])),
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -45,3 +50,11 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
     grad_j = torch.cat([r["grad_j"] for r in ranks]) / WORLD
     assert torch.allclose(grad_i, z_i.grad, atol=1e-6)
     assert torch.allclose(grad_j, z_j.grad, atol=1e-6)
+
+    z_k = torch.randn(N, D, generator=g).requires_grad_()  # three views, likewise
+    loss3 = nt_xent_views([z_i, z_j, z_k], TAU)
+    z_i.grad = z_j.grad = None
+    loss3.backward()
+    assert torch.allclose(torch.stack([r["loss3"] for r in ranks]).mean(), loss3, atol=1e-6)
+    grads3 = torch.cat([r["grads3"] for r in ranks], dim=1) / WORLD  # (3, N, D)
+    assert torch.allclose(grads3, torch.stack([z_i.grad, z_j.grad, z_k.grad]), atol=1e-6)

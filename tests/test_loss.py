@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clr_lib.loss import NTXentLoss, nt_xent
+from clr_lib.loss import NTXentLoss, nt_xent, nt_xent_views
 
 
 def algorithm_1(z_i, z_j, tau):
@@ -35,6 +35,44 @@ def test_equals_algorithm_1_over_random_shapes_and_temperatures():
         expected = algorithm_1(z_i, z_j, tau)
         assert nt_xent(z_i, z_j, tau).item() == pytest.approx(expected, rel=1e-10)
         assert nt_xent(z_i.float(), z_j.float(), tau).item() == pytest.approx(expected, rel=1e-4)
+
+
+def multi_view_loops(views, tau):
+    """NT-Xent of V views in float64 loops: each of the V*N views is an anchor, its loss the
+    mean over its V - 1 positives of -log(exp(s/tau) / sum over the other V*N - 1 views)."""
+    z = [v[k].double() for v in views for k in range(len(views[0]))]
+    image = [k for _ in views for k in range(len(views[0]))]
+
+    def s(a, b):
+        return (z[a] @ z[b] / (z[a].norm() * z[b].norm())).item()
+
+    total = 0.0
+    for a in range(len(z)):
+        den = sum(math.exp(s(a, k) / tau) for k in range(len(z)) if k != a)
+        pos = [p for p in range(len(z)) if p != a and image[p] == image[a]]
+        total += sum(-math.log(math.exp(s(a, p) / tau) / den) for p in pos) / len(pos)
+    return total / len(z)
+
+
+@pytest.mark.parametrize("v", [2, 3, 4])
+def test_views_version_equals_the_loops(v):
+    gen = torch.Generator().manual_seed(v)
+    for _ in range(5):
+        n = int(torch.randint(2, 7, (1,), generator=gen))
+        views = list(torch.randn(v, n, 4, generator=gen, dtype=torch.float64))
+        tau = float(torch.empty(1).uniform_(0.1, 1.0, generator=gen))
+        expected = multi_view_loops(views, tau)
+        assert nt_xent_views(views, tau).item() == pytest.approx(expected, rel=1e-10)
+    if v == 2:  # and then it is the paper's loss
+        assert nt_xent_views(views, tau).item() == pytest.approx(algorithm_1(*views, tau),
+                                                                 rel=1e-10)
+
+
+def test_views_version_errors():
+    with pytest.raises(ValueError, match="at least 2 views"):
+        nt_xent_views([torch.ones(4, 8)])
+    with pytest.raises(ValueError, match="same shape"):
+        nt_xent_views([torch.ones(4, 8), torch.ones(4, 8), torch.ones(3, 8)])
 
 
 def test_a_value_worked_by_hand():

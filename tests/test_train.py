@@ -95,6 +95,16 @@ def test_loss_falls_over_a_short_run(splits):
     assert sum(last) / 3 < sum(first) / 3
 
 
+def test_more_views_per_image_train_on_every_view(splits, monkeypatch):
+    seen = []
+    real = T.nt_xent_views
+    monkeypatch.setattr(T, "nt_xent_views", lambda z, *a: seen.append(len(z)) or real(z, *a))
+    history = T.train(tiny_cfg(num_epochs=1, n_views=4), splits, progress=False)
+    assert seen and set(seen) == {4} and math.isfinite(history["loss"][-1])
+    with pytest.raises(ValueError, match="n_views must be a whole number >= 2"):
+        T.train(tiny_cfg(n_views=1), splits, progress=False)
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_knn_monitor_runs_in_the_precision_of_training(splits, monkeypatch, bf16):
     seen = []
@@ -111,13 +121,13 @@ def test_knn_monitor_runs_in_the_precision_of_training(splits, monkeypatch, bf16
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, splits, monkeypatch):
     cfg = tiny_cfg(num_epochs=3)
     calls = {"n": 0}
-    real = T.nt_xent
+    real = T.nt_xent_views
 
-    def breaks_in_epoch_two(z_i, z_j, temperature, distributed=False, normalize=True):
+    def breaks_in_epoch_two(views, temperature, distributed=False, normalize=True):
         calls["n"] += 1
-        loss = real(z_i, z_j, temperature, distributed, normalize)
+        loss = real(views, temperature, distributed, normalize)
         return loss * float("nan") if calls["n"] > len(splits.train) // cfg.batch_size else loss
-    monkeypatch.setattr(T, "nt_xent", breaks_in_epoch_two)
+    monkeypatch.setattr(T, "nt_xent_views", breaks_in_epoch_two)
     with pytest.raises(FloatingPointError, match=f"nan at step.*last good checkpoint.*{tmp_path}"):
         T.train(cfg, splits, run_dir=tmp_path)
     assert load_checkpoint(tmp_path)["step"] == len(splits.train) // cfg.batch_size
