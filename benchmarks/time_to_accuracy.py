@@ -126,12 +126,12 @@ def main() -> None:
     for seed in args.seeds:
         history = train(cfg.replace(seed=seed), splits, progress=False)
         accs.append(history["knn_top1"][-1])
+        images_per_s = statistics.median(history["images_per_s"])
         print(json.dumps(dict(seed=seed, budget_minutes=args.budget_minutes,
                               steps=history["step"][-1],
                               train_minutes=round(history["seconds"][-1] / 60, 2),
-                              images_per_s=round(statistics.median(history["images_per_s"]), 1),
-                              views_per_s=round(statistics.median(history["images_per_s"])
-                                                * cfg.n_views, 1),
+                              images_per_s=round(images_per_s, 1),
+                              views_per_s=round(images_per_s * cfg.n_views, 1),
                               knn_top1_val=round(accs[-1], 4))), flush=True)
     if len(accs) > 1:
         print(f"kNN top-1 on val over seeds {args.seeds}: mean {statistics.mean(accs):.4f}, "

@@ -74,8 +74,7 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5,
     Raises ValueError for z_i and z_j of different shapes, fewer than 2 pairs in the (global)
     batch, temperature <= 0, and NaN or inf in z.
     """
-    _check_inputs(z_i, z_j, temperature)
-    return nt_xent_views([z_i, z_j], temperature, distributed, normalize)
+    return nt_xent_views([z_i, z_j], temperature, distributed, normalize)  # checks them too
 
 
 def nt_xent_views(views: Sequence[torch.Tensor], temperature: float = 0.5,
