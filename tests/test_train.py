@@ -74,6 +74,22 @@ def test_steps_in_budget_after_views_grow_uses_the_slower_pace():
         120 + int((600 - spent) / 2.0)
 
 
+def test_a_budgeted_run_sets_its_length_after_10_steps_then_every_100_and_every_epoch(
+        splits, monkeypatch):
+    timed = []
+
+    def steps_in_budget(history, budget_s, step, *args, **kwargs):
+        timed.append(step)
+        return 250  # as if 250 steps fitted in the budget
+
+    monkeypatch.setattr(T, "_steps_in_budget", steps_in_budget)
+    cfg = tiny_cfg(budget_minutes=1.0, num_epochs=100, batch_size=16, eval_every=0)
+    history = T.train(cfg, splits, progress=False)
+    per_epoch = len(splits.train) // cfg.batch_size
+    assert history["step"][-1] == 250 and history["total_steps"] == 250
+    assert timed == sorted([10, 100, 200] + list(range(per_epoch, 250, per_epoch)))
+
+
 def test_training_runs_checkpoints_and_resumes(tmp_path, splits):
     cfg = tiny_cfg()
     history = T.train(cfg, splits, run_dir=tmp_path)
