@@ -156,10 +156,11 @@ _PRESETS: dict[str, dict] = {
     # (the positive left out of the denominator; Yeh et al., 2022; seed 0: 66.4%), from kNN on
     # an exponential moving average of the weights (decay 0.99 to 0.998: 67.3-68.0% against
     # the weights' own 67.8-68.1%) or from torch.compile on the CPU (a 1.08x faster step after
-    # 49 s of compiling). Another day, seeds 0 and 1: 67.3% and 66.2% (3,947 and 4,171 steps;
-    # five runs: mean 66.8%). At a fixed 1,406 steps (2 epochs; seed 0): temperature 0.1, 0.15,
-    # 0.2 give 64.0%, 63.6%, 64.0%; 16 views of 32 images 62.0%. In 5-minute runs, 6 views
-    # plus 8 small ones of 8 pixels (multi-crop; Caron et al., 2020) lost: 58.2% vs 62.3%.
+    # 49 s of compiling). Another day, seeds 0, 1, 2: 67.3%, 66.2%, 66.2% (3,947, 4,171,
+    # 3,532 steps; six runs: mean 66.7%). At a fixed 1,406 steps (2 epochs; seed 0):
+    # temperature 0.1, 0.15, 0.2 give 64.0%, 63.6%, 64.0%; 16 views of 32 images 62.0%. In
+    # 5-minute runs, 6 views plus 8 small ones of 8 pixels (multi-crop; Caron et al., 2020)
+    # lost: 58.2% vs 62.3%.
     "laptop": dict(encoder="convnet", width=32, batch_size=64, n_views=8, lr=8e-3,
                    warmup_epochs=0.25, view_size=16, crop_scale=(0.2, 1.0), optimizer="adamw",
                    temperature=0.2, feature_dim=512, weight_decay=0.5, budget_minutes=15.0,
