@@ -117,8 +117,7 @@ def nt_xent_views(views: Sequence[torch.Tensor], temperature: float = 0.5,
         if normalize:
             z = F.normalize(z, dim=1)  # unit rows, so z @ z.T holds cosine similarities
         if distributed:  # every process's views, in the same view-major order: (vN, d)
-            candidates = torch.cat([torch.cat(_all_gather(z[a * n:(a + 1) * n]))
-                                    for a in range(v)])
+            candidates = torch.cat(_all_gather(z.view(v, n, -1)), dim=1).flatten(0, 1)
         else:
             candidates = z
         big_n = n * world
