@@ -58,6 +58,76 @@ def test_lars_step_matches_the_formula():
     assert torch.allclose(w, expected) and torch.allclose(b, torch.tensor([0.0]))
 
 
+@pytest.mark.parametrize("shape", [(48, 200), (200, 48)])
+def test_orthogonalize_keeps_the_singular_vectors_and_evens_the_singular_values(shape):
+    torch.manual_seed(0)
+    k = min(shape)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], k))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], k))
+    m = u @ torch.diag(torch.logspace(-2, 0, k)) @ v.T  # singular values 0.01 ... 1
+    out = T.orthogonalize(m)
+    assert out.shape == m.shape and out.dtype == torch.float32
+    s = torch.linalg.svdvals(out)
+    assert s.min() > 0.5 and s.max() < 1.3, s  # the 100-fold spread is gone
+    core = u.T @ out @ v  # diagonal if out has m's singular vectors
+    off = core - torch.diag(torch.diagonal(core))
+    assert off.abs().max() < 0.05
+
+
+def test_muon_step_matches_the_formula_and_adamw_for_the_rest():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+    b = nn.Parameter(torch.randn(4))
+    b_ref = nn.Parameter(b.detach().clone())
+    opt = T.Muon([dict(params=[w], weight_decay=0.5, muon=True),
+                  dict(params=[b], weight_decay=0.0, muon=False)], lr=0.01, muon_lr=0.1,
+                 momentum=0.9)
+    ref = torch.optim.AdamW([b_ref], lr=0.01, weight_decay=0.0)
+    w0 = w.detach().clone()
+    for step in range(2):
+        gw, gb = torch.randn(4, 3, 3, 3), torch.randn(4)
+        w.grad, b.grad, b_ref.grad = gw, gb, gb.clone()
+        opt.step()
+        ref.step()
+        if step == 0:  # momentum buffer = g, Nesterov direction g + 0.9 g
+            update = T.orthogonalize((1.9 * gw).reshape(4, 27)).view(4, 3, 3, 3)
+            expected = w0 * (1 - 0.1 * 0.5) - 0.1 * update  # 4 rows < 27 columns: scale 1
+            assert torch.allclose(w.detach(), expected, atol=1e-5)
+        assert torch.allclose(b, b_ref, atol=1e-6)
+
+
+def test_build_optimizer_by_name():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    kinds = dict(adamw=torch.optim.AdamW, sgd=torch.optim.SGD, lars=T.LARS, muon=T.Muon)
+    for name, kind in kinds.items():
+        assert type(T.build_optimizer(tiny_cfg(optimizer=name), model)) is kind
+    muon = T.build_optimizer(tiny_cfg(optimizer="muon", muon_lr=0.02, lr=0.004), model)
+    matrices, rest = muon.param_groups
+    assert matrices["muon"] and not rest["muon"] and matrices["lr_ratio"] == pytest.approx(40)
+    with pytest.raises(ValueError, match="choose 'adamw', 'sgd', 'lars' or 'muon'"):
+        T.build_optimizer(tiny_cfg(optimizer="adam"), model)
+
+
+def test_muon_trains_and_resumes_exactly(tmp_path, splits):
+    cfg = tiny_cfg(optimizer="muon", momentum=0.95, weight_decay=0.05)
+    unbroken = T.train(cfg, splits, run_dir=tmp_path / "a", progress=False)
+    assert all(math.isfinite(x) for x in unbroken["loss"])
+
+    class Stop(Exception):
+        pass
+
+    def stop(history):
+        raise Stop  # after the first epoch's checkpoint, as a kill would
+
+    with pytest.raises(Stop):
+        T.train(cfg, splits, run_dir=tmp_path / "b", callback=stop, progress=False)
+    T.train(cfg, splits, run_dir=tmp_path / "b", resume=True, progress=False)
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert a["step"] == b["step"] and a["history"]["loss"] == b["history"]["loss"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
 def test_steps_in_budget_from_the_measured_pace():
     history = dict(seconds=[1.0 + 0.5 * i for i in range(10)])  # 0.5 s a step after the first
     assert T._steps_in_budget(history, budget_s=60.0, step=10, world=1) == \
