@@ -5,8 +5,8 @@
 1. For each conv of the laptop ConvNet on 16x16 views (512 views, one step's), in
    bf16 channels_last: the forward pass, oneDNN's weight gradient and
    ``clr_lib.models.conv3x3_weight_grad`` (dL/dW = G^T P), with their relative difference.
-2. One whole training step of the laptop profile (its views, f, g, NT-Xent, backward,
-   AdamW), with the library's Conv3x3 and with every conv swapped for a plain nn.Conv2d
+2. One whole training step of the laptop profile (its views, f, g, NT-Xent, backward, its
+   optimiser), with the library's Conv3x3 and with every conv swapped for a plain nn.Conv2d
    holding the same weights, alternating the two, in views per second.
 
 Medians of repeated timings; this shared CPU's pace drifts, so compare the columns of one run.
