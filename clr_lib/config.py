@@ -168,8 +168,9 @@ _PRESETS: dict[str, dict] = {
     # 2,075 steps: this CPU's pace moved within the hour); at lr 0.05 with decay 0 and 0.2:
     # 66.4% and 66.1%. At 15 minutes, seeds 0, 1, 2: 69.9%, 66.9%, 67.6% (6,400, 4,000, 3,797
     # steps; mean 68.1%); AdamW that day, seed 0: 66.9% (3,540 steps). Against AdamW's
-    # runs of similar length, seeds 1 and 2 gain 0.4-1.7 points. Orthogonalising costs ~21 ms a step (5 Newton-Schulz
-    # iterations in bf16 over the 7 matrices; the step is ~150-220 ms). Not tried with Muon:
+    # runs of similar length, seeds 1 and 2 gain 0.4-1.7 points. Orthogonalising costs
+    # ~21 ms a step (5 Newton-Schulz iterations in bf16 over the 7 matrices; the step is
+    # ~150-220 ms). Not tried with Muon:
     # views of 12 pixels (with AdamW, 5 minutes: 59.1% vs 64.4%, 62.6% when kNN looks at
     # 20-pixel images), momentum other than 0.95.
     "laptop": dict(encoder="convnet", width=32, batch_size=64, n_views=8, lr=8e-3,
