@@ -53,10 +53,12 @@ FINDINGS = ("augmentations", "head", "temperature", "batch_size")
 GRIDS = {
     # base: values pinned for the grid, so that results/ stays reproducible when the laptop
     # profile is retuned (the grid was run with tau 0.5, the paper's crop scale, h of 8w,
-    # AdamW with weight decay 1e-4 and the paper's two views of 256 images a step at lr 2e-3)
+    # AdamW with weight decay 1e-4 and the paper's two views of 256 images a step at lr 2e-3,
+    # decayed along the cosine)
     "laptop": dict(base=dict(temperature=0.5, crop_scale=(0.08, 1.0), feature_dim=None,
                              optimizer="adamw", momentum=0.9, weight_decay=1e-4, n_views=2,
-                             batch_size=256, lr=2e-3, warmup_epochs=1.0),
+                             batch_size=256, lr=2e-3, warmup_epochs=1.0, lr_schedule="cosine",
+                             ns_steps=5),
                    train_images=10_000,
                    epochs=dict(augmentations=6, head=8, temperature=8),
                    batch_epochs=(2, 8), batches=(64, 256, 1024), head_seeds=(0, 1, 2),

@@ -119,13 +119,13 @@ class ConvNet(nn.Module):
 
     Channels double as the resolution halves (width, 2, 4, 8 x width at 32, 16, 8, 4 pixels),
     so the convs after the first cost about the same FLOPs each, and h has 8 x width
-    dimensions unless ``feature_dim`` widens the last conv (the laptop profile: 16 x width).
+    dimensions unless ``feature_dim`` widens the last conv (the laptop profile: 32 x width).
     Plain convs, no residuals: at five layers they are not needed, and each skip
     connection adds memory traffic. At width 32 it has 0.54 M parameters and does 0.13 GFLOPs
-    per 32x32 image (with h of 512: 0.83 M and 0.17 GFLOPs; ResNet-18 with the CIFAR stem: 11.2 M,
-    1.1 GFLOPs). Weights and inputs are kept channels_last (NHWC): forward+backward at batch
-    256 on 2 CPU cores went from 300 to 500 images/s (torch 2.14, seed 0; ResNet-18 gained
-    nothing, so it stays NCHW).
+    per 32x32 image (with h of 512: 0.83 M and 0.17 GFLOPs; of 1024: 1.42 M and 0.25 GFLOPs;
+    ResNet-18 with the CIFAR stem: 11.2 M, 1.1 GFLOPs). Weights and inputs are kept
+    channels_last (NHWC): forward+backward at batch 256 on 2 CPU cores went from 300 to 500
+    images/s (torch 2.14, seed 0; ResNet-18 gained nothing, so it stays NCHW).
 
     Args:
         width: channels of the first stage (course: 16 smoke, 32 laptop).

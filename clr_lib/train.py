@@ -1,5 +1,5 @@
-"""Pretraining SimCLR: the loop, LARS and Muon, warmup + cosine, time budgets, checkpoints,
-torchrun.
+"""Pretraining SimCLR: the loop, LARS and Muon, warmup + cosine (or linear) decay, time budgets,
+checkpoints, torchrun.
 
 Introduced in chapter 04. One step walks the data path of the paper's Algorithm 1:
 
@@ -84,18 +84,19 @@ class Muon(torch.optim.Optimizer):
 
         W <- W (1 - lr wd) - lr sqrt(max(1, rows / cols)) U V^T
 
-    U V^T comes from five Newton-Schulz iterations in bfloat16 (``orthogonalize``): a few
-    matrix products, no SVD. The groups with ``muon=False`` (1-d parameters) take plain AdamW
-    steps (betas 0.9, 0.999) at the schedule's learning rate; the matrices' learning rate is
-    that times ``muon_lr / lr``, so warmup and cosine shape both.
+    U V^T comes from ``ns_steps`` Newton-Schulz iterations in bfloat16 (``orthogonalize``;
+    Jordan et al. use five, the laptop profile three): a few matrix products, no SVD. The
+    groups with ``muon=False`` (1-d parameters) take plain AdamW steps (betas 0.9, 0.999) at
+    the schedule's learning rate; the matrices' learning rate is that times ``muon_lr / lr``,
+    so warmup and decay shape both.
     """
 
     def __init__(self, params, lr: float, muon_lr: float = 0.05, momentum: float = 0.95,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, ns_steps: int = 5):
         super().__init__(params, dict(lr=lr, lr_ratio=muon_lr / lr, momentum=momentum,
                                       weight_decay=weight_decay, betas=betas, eps=eps,
-                                      muon=True))
+                                      muon=True, ns_steps=ns_steps))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -109,7 +110,8 @@ class Muon(torch.optim.Optimizer):
         grad = p.grad.reshape(len(p), -1)  # (rows, cols)
         buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(grad))
         buf.mul_(mu).add_(grad)
-        update = orthogonalize(grad.add(buf, alpha=mu))  # Nesterov
+        steps = group.get("ns_steps", 5)  # a checkpoint saved before the option had 5
+        update = orthogonalize(grad.add(buf, alpha=mu), steps)  # Nesterov momentum
         p.mul_(1 - lr * group["weight_decay"])
         p.add_(update.view(p.shape), alpha=-lr * max(1.0, grad.shape[0] / grad.shape[1]) ** 0.5)
 
@@ -128,8 +130,10 @@ class Muon(torch.optim.Optimizer):
 
 
 def orthogonalize(m: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """About U V^T for m = U S V^T (every singular value pushed to 0.7-1.2) by the quintic
-    Newton-Schulz iteration of Muon, in bfloat16; returns float32 of m's shape."""
+    """About U V^T for m = U S V^T by ``steps`` quintic Newton-Schulz iterations of Muon, in
+    bfloat16; returns float32 of m's shape. Five push every singular value to 0.7-1.2; three
+    do that too where m's singular values are not too small, but leave the weakest directions
+    of a near-square matrix short (a random 1024 x 1152 matrix: 0.08-1.2 after three)."""
     x = m.bfloat16()
     wide = x.shape[0] <= x.shape[1]
     x = x if wide else x.T  # iterate on the wide form: x @ x.T is the small product
@@ -169,17 +173,28 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "muon":
         for g in groups:
             g["muon"] = g.pop("lars")
-        return Muon(groups, lr=lr, muon_lr=cfg.muon_lr, momentum=cfg.momentum)
+        return Muon(groups, lr=lr, muon_lr=cfg.muon_lr, momentum=cfg.momentum,
+                    ns_steps=cfg.ns_steps)
     raise ValueError(f"Unknown optimizer {cfg.optimizer!r}: choose 'adamw', 'sgd', 'lars' or "
                      "'muon'.")
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    """Linear warmup to ``peak``, then cosine decay to zero at ``total_steps``."""
+SCHEDULES = ("cosine", "linear")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float,
+          schedule: str = "cosine") -> float:
+    """Linear warmup to ``peak``, then decay to zero at ``total_steps``: along a half cosine
+    (the paper's) or a straight line (``schedule="linear"``: lower than the cosine in the
+    first half, higher in the second; the laptop profile's, config.py has the figures)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown lr_schedule {schedule!r}: choose one of {SCHEDULES}.")
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return peak * (1 - progress)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -190,7 +205,7 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     """Pretrain SimCLR as ``cfg`` says; return the history (loss, lr, throughput, kNN).
 
     With ``cfg.budget_minutes`` the loop times its first steps and sets the number of steps
-    so that warmup + cosine ends within the budget (re-estimated every 100 steps and after
+    so that warmup + decay ends within the budget (re-estimated every 100 steps and after
     every epoch).
     After every epoch a checkpoint and history.json go to ``run_dir``; ``resume=True``
     continues from there, bit for bit as if never stopped (same seed, same machine).
@@ -220,6 +235,11 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     if not (isinstance(cfg.n_views, int) and cfg.n_views >= 2):
         raise ValueError(f"n_views must be a whole number >= 2 (views of each image per step; "
                          f"the paper uses 2), got {cfg.n_views!r}.")
+    if cfg.lr_schedule not in SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {cfg.lr_schedule!r}.")
+    if cfg.optimizer == "muon" and not (isinstance(cfg.ns_steps, int) and cfg.ns_steps >= 1):
+        raise ValueError(f"ns_steps must be a whole number >= 1 (Newton-Schulz iterations of "
+                         f"Muon; 3-5 work), got {cfg.ns_steps!r}.")
     warmup, total = int(cfg.warmup_epochs * steps_per_epoch), cfg.num_epochs * steps_per_epoch
     history = dict(step=[], loss=[], lr=[], seconds=[], knn_step=[], knn_top1=[],
                    images_per_s=[], total_steps=total)
@@ -238,7 +258,7 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
         perm = torch.randperm(len(images), generator=rng["order"])
         for b in range(step % steps_per_epoch, steps_per_epoch):
             idx = perm[b * cfg.batch_size + rank * local_batch:][:local_batch].to(device)
-            lr = lr_at(step, total, warmup, peak_lr(cfg))
+            lr = lr_at(step, total, warmup, peak_lr(cfg), cfg.lr_schedule)
             full = step >= (1 - cfg.full_size_fraction) * total
             full_from = step if full and not full_from else full_from
             t = aug_full if full else aug

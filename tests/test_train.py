@@ -34,6 +34,25 @@ def test_warmup_then_cosine_to_zero():
     assert T.lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
 
 
+def test_warmup_then_linear_decay_to_zero():
+    lrs = [T.lr_at(s, 110, 10, 1.0, "linear") for s in range(111)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.5) and lrs[110] == pytest.approx(0.0)
+    steps = [a - b for a, b in zip(lrs[10:], lrs[11:])]  # a straight line: equal steps down
+    assert max(steps) - min(steps) < 1e-9 and min(steps) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="choose one of \\('cosine', 'linear'\\)"):
+        T.lr_at(0, 100, 10, 1.0, "step")
+
+
+def test_the_run_follows_the_schedule_it_is_given(splits):
+    cfg = tiny_cfg(num_epochs=2, warmup_epochs=0.0, lr_schedule="linear")
+    history = T.train(cfg, splits, progress=False)
+    total = history["total_steps"]
+    assert history["lr"] == [T.lr_at(s, total, 0, T.peak_lr(cfg), "linear") for s in range(total)]
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        T.train(tiny_cfg(lr_schedule="cos"), splits, progress=False)
+
+
 def test_linear_scaling_rule():
     assert T.peak_lr(get_config("gpu", lr=0.3, batch_size=4096)) == pytest.approx(4.8)
 
@@ -106,6 +125,16 @@ def test_build_optimizer_by_name():
     assert matrices["muon"] and not rest["muon"] and matrices["lr_ratio"] == pytest.approx(40)
     with pytest.raises(ValueError, match="choose 'adamw', 'sgd', 'lars' or 'muon'"):
         T.build_optimizer(tiny_cfg(optimizer="adam"), model)
+
+
+def test_muon_takes_the_newton_schulz_iterations_it_is_given(splits, monkeypatch):
+    seen = []
+    real = T.orthogonalize
+    monkeypatch.setattr(T, "orthogonalize", lambda m, steps=5: seen.append(steps) or real(m, steps))
+    T.train(tiny_cfg(num_epochs=1, optimizer="muon", ns_steps=3), splits, progress=False)
+    assert seen and set(seen) == {3}
+    with pytest.raises(ValueError, match="ns_steps must be a whole number >= 1"):
+        T.train(tiny_cfg(optimizer="muon", ns_steps=0), splits, progress=False)
 
 
 def test_muon_trains_and_resumes_exactly(tmp_path, splits):
