@@ -196,6 +196,9 @@ _PRESETS: dict[str, dict] = {
     # all three changes: 70.2%, 68.2%, 68.3% (4,628, 4,263, 4,394 steps; mean 68.9%) against
     # 69.7%, 67.9%, 67.8% one to three hours before (5,835, 5,359, 5,530 steps): higher on
     # every seed, by 0.3-0.5 points (seed 2 had 68.4% at step 4,218 already: kNN levels off).
+    # Seed 3 through the CLI, back to back: 69.6% (4,435 steps) against 68.6% for the profile
+    # before (--feature-dim 512 --lr-schedule cosine --ns-steps 5; 6,834 steps). Four seeds:
+    # mean 69.1% against 68.5%.
     "laptop": dict(encoder="convnet", width=32, batch_size=64, n_views=8, lr=8e-3,
                    warmup_epochs=0.25, lr_schedule="linear", view_size=16,
                    crop_scale=(0.2, 1.0), optimizer="muon", muon_lr=0.05, ns_steps=3,
