@@ -5,7 +5,8 @@
         --finetune-steps 20                                   # a check that it runs: ~1 min
 
 On the validation split (or --split test), with the checkpoint's own train/val split:
-1. kNN and linear top-1 of h and of z, for SimCLR and for the same network at random init;
+1. kNN and linear top-1 of h and of z, for SimCLR and for the same network at random init,
+   f seeing the images at the checkpoint's eval_size;
 2. the supervised baseline (``finetune.train_supervised``: the encoder from scratch with all
    labels, SimCLR's augmentations and the checkpoint's budget), probed the same way, and its
    own classifier; saved to RUN_DIR/supervised.pt, the file chapter 05 reuses;
@@ -64,9 +65,9 @@ def main() -> None:
         print(f"| {name:28s} | {cells} |   [{(time.perf_counter() - t_start) / 60:.1f} min]",
               flush=True)
 
-    def knn_linear(net, z: bool) -> dict:
+    def knn_linear(net, z: bool, size: int | None = cfg.eval_size) -> dict:
         r = evaluate_model(net.to(device), splits, args.split, cfg.knn_k, cfg.knn_t, device,
-                           bf16=bf16)
+                           bf16=bf16, size=size)
         keys = ["knn_top1", "linear_top1"] + (["knn_top1_z", "linear_top1_z"] if z else [])
         return {k: r[k] for k in keys}
 
@@ -87,7 +88,8 @@ def main() -> None:
                         step=state["step"]), sup_path)
         how = f"{len(history['step'])} steps, {history['seconds'][-1] / 60:.1f} min"
     own = classifier_accuracy(supervised.to(device), data)
-    row(f"supervised h ({how})", {**knn_linear(supervised.encoder, z=False), "own classifier": own})
+    row(f"supervised h ({how})", {**knn_linear(supervised.encoder, z=False, size=None),
+                                  "own classifier": own})  # trained on full-size images
 
     for fraction in args.fractions:
         subset = splits.train.subset(balanced_subset(splits.train.labels, fraction, cfg.seed))

@@ -31,7 +31,11 @@ that day: 1,071 images/s against 355 / 461 / 432 with 0 / 1 / 2 workers, 2.32x. 
 in a slow hour; 15 minutes, seeds 0, 1, 2: 6,400 / 4,000 / 3,797 steps, 0.699 / 0.669 / 0.676
 (mean 0.681). With h of 1024, the linear decay and three Newton-Schulz iterations (the profile
 now), seeds 0, 1, 2: 4,628 / 4,263 / 4,394 steps, 0.702 / 0.682 / 0.683 (mean 0.689), against
-0.697 / 0.679 / 0.678 for the profile before, one to three hours earlier.
+0.697 / 0.679 / 0.678 for the profile before, one to three hours earlier. With f seeing the
+images at 28 pixels (eval_size; the profile now), those checkpoints give 0.711 / 0.705 / 0.698,
+and seeds 4, 5, trained with it: 4,617 / 4,532 steps, 0.704 / 0.721 (six seeds: mean 0.708).
+Throughput the same day, this profile: 1,261 images/s against 645 / 660 / 677 with 0 / 1 / 2
+workers, 1.86x (the larger h makes the network's share of a step larger than before).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from clr_lib.augment import SimCLRAugment, make_views
 from clr_lib.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_json_atomic
 from clr_lib.config import Config, get_config, pick_device
 from clr_lib.data import Splits, load_splits
-from clr_lib.evaluate import extract_features, knn_accuracy
+from clr_lib.evaluate import check_eval_size, extract_features, knn_accuracy
 from clr_lib.loss import nt_xent_views
 from clr_lib.models import SimCLR, build_model
 
@@ -240,6 +240,7 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     if cfg.optimizer == "muon" and not (isinstance(cfg.ns_steps, int) and cfg.ns_steps >= 1):
         raise ValueError(f"ns_steps must be a whole number >= 1 (Newton-Schulz iterations of "
                          f"Muon; 3-5 work), got {cfg.ns_steps!r}.")
+    check_eval_size(cfg.eval_size)  # the kNN monitor's, checked before the first step
     warmup, total = int(cfg.warmup_epochs * steps_per_epoch), cfg.num_epochs * steps_per_epoch
     history = dict(step=[], loss=[], lr=[], seconds=[], knn_step=[], knn_top1=[],
                    images_per_s=[], total_steps=total)
@@ -343,12 +344,15 @@ def _steps_in_budget(history: dict, budget_s: float, step: int, world: int, bar=
 
 
 def _monitor(model, splits, cfg, device, step, history) -> None:
-    """kNN top-1 of h on the validation split, the training images as the bank; in bf16
-    where training is, as chapter 05 evaluates (2-core AMX CPU, laptop profile: ~30 s
-    instead of ~70 s in float32; kNN of one checkpoint 67.40% vs 67.28% in float32)."""
-    bf16 = use_bf16(cfg, device)
-    bank = extract_features(model.encoder, splits.train.images, device=device, bf16=bf16)
-    queries = extract_features(model.encoder, splits.val.images, device=device, bf16=bf16)
+    """kNN top-1 of h on the validation split, the training images as the bank, f seeing
+    them at cfg.eval_size; in bf16 where training is, as chapter 05 evaluates (2-core AMX
+    CPU, laptop profile: ~30 s instead of ~70 s in float32; kNN of one checkpoint 67.40% vs
+    67.28% in float32)."""
+    bf16, size = use_bf16(cfg, device), cfg.eval_size
+    bank = extract_features(model.encoder, splits.train.images, device=device, bf16=bf16,
+                            size=size)
+    queries = extract_features(model.encoder, splits.val.images, device=device, bf16=bf16,
+                               size=size)
     acc = knn_accuracy(bank, splits.train.labels, queries, splits.val.labels, cfg.knn_k, cfg.knn_t)
     history["knn_step"].append(step)
     history["knn_top1"].append(acc)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clr_lib import evaluate as E
+from clr_lib.augment import normalize
 from clr_lib.checkpoint import save_checkpoint
 from clr_lib.config import get_config
 from clr_lib.models import build_model
@@ -38,6 +39,25 @@ def test_features_are_taken_in_eval_mode_whatever_the_batch():
     h_bf16 = E.extract_features(model, images, bf16=True)
     assert h_bf16.dtype == torch.float32 and not torch.equal(h_bf16, h1)
     assert F.cosine_similarity(h_bf16, h1).min() > 0.99
+
+
+def test_features_at_another_size_are_those_of_the_resized_images():
+    torch.manual_seed(0)
+    model = build_model(get_config("smoke", width=4, proj_dim=8)).eval()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        for size in (24, 40):
+            resized = F.interpolate(normalize(images), size=(size, size), mode="bilinear",
+                                    antialias=True)
+            h = E.extract_features(model, images, batch_size=2, size=size)
+            assert torch.allclose(h, model(resized)[0], atol=1e-5)
+        assert not torch.allclose(E.extract_features(model, images, size=24),
+                                  E.extract_features(model, images), atol=1e-3)
+        assert torch.equal(E.extract_features(model, images, size=32),
+                           E.extract_features(model, images))  # already that size: untouched
+    for bad in (0, 4, 28.0, "28"):
+        with pytest.raises(ValueError, match="whole number of pixels >= 8"):
+            E.extract_features(model, images, size=bad)
 
 
 # ----------------------------------------------------------------------------- kNN
@@ -190,6 +210,31 @@ def test_cli_prints_one_json_object_with_accuracies_and_sizes(tmp_path, checkpoi
     assert floor["weights"] == "random"
     # the fixture's weights are themselves torch.manual_seed(cfg.seed) + build_model: the same
     assert (floor["knn_top1"], floor["linear_top1"]) == (val["knn_top1"], val["linear_top1"])
+    assert val["eval_size"] == 32  # the checkpoint's eval_size: None, the images as they are
+
+
+def test_cli_evaluates_at_the_checkpoints_eval_size_unless_told(tmp_path, capsys, monkeypatch):
+    cfg = get_config("smoke", width=4, proj_dim=8, knn_k=5, max_per_class=None, eval_size=24)
+    torch.manual_seed(0)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model=build_model(cfg).state_dict(), config=dataclasses.asdict(cfg),
+                    classes=CLASSES, step=0)
+    data = write_folder(tmp_path / "data", per_class=4)
+    sizes = []
+    real = E.extract_features
+    monkeypatch.setattr(E, "extract_features",
+                        lambda *a, **kw: sizes.append(kw["size"]) or real(*a, **kw))
+    assert run_cli(capsys, path, "--data-dir", data, "--split", "val")["eval_size"] == 24
+    assert run_cli(capsys, path, "--data-dir", data, "--split", "val",
+                   "--eval-size", "none")["eval_size"] == 32
+    assert run_cli(capsys, path, "--data-dir", data, "--split", "val",
+                   "--eval-size", "36")["eval_size"] == 36
+    assert sizes == [24, 24, None, None, 36, 36]  # train, then val, each time
+    assert "--eval-size must be None" in cli_error(path, "--data-dir", data, "--split", "val",
+                                                    "--eval-size", "2")
+    with pytest.raises(SystemExit):
+        E.main([str(path), "--data-dir", str(data), "--eval-size", "big"])
+    assert "whole number of pixels (e.g. 28) or 'none', not 'big'" in capsys.readouterr().err
 
 
 def cli_error(checkpoint, *argv) -> str:

@@ -226,11 +226,21 @@ def test_knn_monitor_runs_in_the_precision_of_training(splits, monkeypatch, bf16
     real = T.extract_features
 
     def recording(*args, **kwargs):
-        seen.append(kwargs.get("bf16", False))
+        seen.append((kwargs.get("bf16", False), kwargs.get("size")))
         return real(*args, **kwargs)
     monkeypatch.setattr(T, "extract_features", recording)
     history = T.train(tiny_cfg(num_epochs=1, bf16=bf16), splits, progress=False)
-    assert seen == [bf16, bf16] and 0 <= history["knn_top1"][0] <= 1  # bank, then queries
+    assert seen == [(bf16, None)] * 2 and 0 <= history["knn_top1"][0] <= 1  # bank, queries
+    seen.clear()
+    T.train(tiny_cfg(num_epochs=1, bf16=bf16, eval_size=24), splits, progress=False)
+    assert seen == [(bf16, 24)] * 2  # f sees the images at the configured size
+
+
+@pytest.mark.parametrize("bad", [0, 4, 28.5, "28"])
+def test_a_bad_eval_size_stops_before_the_first_step(splits, monkeypatch, bad):
+    monkeypatch.setattr(T, "make_views", lambda *a: pytest.fail("a step was taken"))
+    with pytest.raises(ValueError, match="eval_size must be None .* whole number of pixels"):
+        T.train(tiny_cfg(eval_size=bad), splits, progress=False)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, splits, monkeypatch):
