@@ -5,11 +5,11 @@
         --finetune-steps 20                                   # a check that it runs: ~1 min
 
 On the validation split (or --split test), with the checkpoint's own train/val split:
-1. kNN and linear top-1 of h and of z, for SimCLR and for the same network at random init,
-   f seeing the images at the checkpoint's eval_size;
+1. kNN and linear top-1 of h and of z, for SimCLR and for the same network at random init;
 2. the supervised baseline (``finetune.train_supervised``: the encoder from scratch with all
    labels, SimCLR's augmentations and the checkpoint's budget), probed the same way, and its
-   own classifier; saved to RUN_DIR/supervised.pt, the file chapter 05 reuses;
+   own classifier; saved to RUN_DIR/supervised.pt, the file chapter 05 reuses (1 and 2 see
+   the images at the checkpoint's eval_size: the supervised encoder trains on SimCLR's views);
 3. fine-tuning SimCLR's f and a random f on 1% and 10% of the labels (``--fractions``),
    class-balanced, --finetune-steps steps each (chapter 05's laptop value: 300).
 Expect, for a 15-minute laptop checkpoint on 2 CPU cores: ~15 minutes of supervised training,
@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone, uninstalled
-from clr_lib.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from clr_lib.checkpoint import (load_checkpoint, model_from_checkpoint,  # noqa: E402
+                                save_checkpoint)
 from clr_lib.config import pick_device  # noqa: E402
 from clr_lib.data import load_dataset  # noqa: E402
 from clr_lib.evaluate import balanced_subset, evaluate_model  # noqa: E402
-from clr_lib.finetune import (Classifier, classifier_accuracy, finetune,  # noqa: E402
-                              finetune_augment, train_supervised)
-from clr_lib.models import build_encoder, build_model  # noqa: E402
+from clr_lib.finetune import (classifier_accuracy, finetune, finetune_augment,  # noqa: E402
+                              supervised_classifier, train_supervised)
+from clr_lib.models import build_model  # noqa: E402
 from clr_lib.train import use_bf16  # noqa: E402
 
 
@@ -65,9 +66,9 @@ def main() -> None:
         print(f"| {name:28s} | {cells} |   [{(time.perf_counter() - t_start) / 60:.1f} min]",
               flush=True)
 
-    def knn_linear(net, z: bool, size: int | None = cfg.eval_size) -> dict:
+    def knn_linear(net, z: bool) -> dict:
         r = evaluate_model(net.to(device), splits, args.split, cfg.knn_k, cfg.knn_t, device,
-                           bf16=bf16, size=size)
+                           bf16=bf16, size=cfg.eval_size)
         keys = ["knn_top1", "linear_top1"] + (["knn_top1_z", "linear_top1_z"] if z else [])
         return {k: r[k] for k in keys}
 
@@ -78,18 +79,17 @@ def main() -> None:
 
     sup_path = run_dir / "supervised.pt"
     sup = torch.load(sup_path, weights_only=True) if sup_path.is_file() else None
-    supervised = Classifier(build_encoder(cfg.encoder, cfg.width), len(splits.classes))
+    supervised = supervised_classifier(cfg, len(splits.classes))
     if sup is not None and sup["classes"] == splits.classes and sup["step"] == state["step"]:
         supervised.load_state_dict(sup["model"])
         how = "loaded"
     else:
         supervised, history = train_supervised(cfg, splits.train, progress=False)
-        torch.save(dict(model=supervised.state_dict(), classes=splits.classes,
-                        step=state["step"]), sup_path)
+        save_checkpoint(sup_path, model=supervised.state_dict(), classes=splits.classes,
+                        step=state["step"])
         how = f"{len(history['step'])} steps, {history['seconds'][-1] / 60:.1f} min"
-    own = classifier_accuracy(supervised.to(device), data)
-    row(f"supervised h ({how})", {**knn_linear(supervised.encoder, z=False, size=None),
-                                  "own classifier": own})  # trained on full-size images
+    own = classifier_accuracy(supervised.to(device), data, size=cfg.eval_size)  # SimCLR's views
+    row(f"supervised h ({how})", {**knn_linear(supervised.encoder, z=False), "own classifier": own})
 
     for fraction in args.fractions:
         subset = splits.train.subset(balanced_subset(splits.train.labels, fraction, cfg.seed))

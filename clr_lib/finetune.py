@@ -131,8 +131,17 @@ def train_supervised(cfg: Config, data: ImageData, *, progress: bool = True
                     seed=cfg.seed, device=device, bf16=use_bf16(cfg, device), progress=progress)
 
 
+def supervised_classifier(cfg: Config, num_classes: int) -> Classifier:
+    """The network ``train_supervised`` returns (cfg's encoder and a linear layer), with
+    random weights: build one to load a saved baseline into (chapter 05)."""
+    return Classifier(build_encoder(cfg.encoder, cfg.width, feature_dim=cfg.feature_dim),
+                      num_classes)
+
+
 @torch.no_grad()
-def classifier_accuracy(model: nn.Module, data: ImageData, batch_size: int = 512) -> float:
-    """Top-1 accuracy (a fraction) of an image classifier on a split, in eval mode."""
-    logits = extract_features(model, data.images, batch_size)  # (N, num_classes)
+def classifier_accuracy(model: nn.Module, data: ImageData, batch_size: int = 512,
+                        size: int | None = None) -> float:
+    """Top-1 accuracy (a fraction) of an image classifier on a split, in eval mode, the
+    images resized to ``size`` (``extract_features``; None: as they are)."""
+    logits = extract_features(model, data.images, batch_size, size=size)  # (N, num_classes)
     return (logits.argmax(1) == data.labels).float().mean().item()

@@ -54,6 +54,15 @@ def test_supervised_baseline_gets_the_pretraining_budget(data):
     assert model.fc.out_features == len(data.classes)
 
 
+def test_a_saved_supervised_baseline_loads_into_supervised_classifier(data):
+    cfg = get_config("smoke", width=4, feature_dim=24, batch_size=16, num_epochs=1,
+                     image_size=16)
+    trained, _ = FT.train_supervised(cfg, data, progress=False)
+    fresh = FT.supervised_classifier(cfg, len(data.classes))
+    fresh.load_state_dict(trained.state_dict())  # the same shapes: h of 24, not 8 x width
+    assert fresh.feature_dim == trained.feature_dim == 24
+
+
 def test_crop_and_flip_only_for_finetuning():
     aug = FT.finetune_augment(get_config("smoke"))
     assert aug.color_p == 0 and aug.gray_p == 0 and aug.blur_p == 0 and aug.crop
@@ -77,3 +86,19 @@ def test_classifier_accuracy_counts_hits():
     images = torch.tensor([0, 128, 255, 255], dtype=torch.uint8).view(4, 1, 1, 1).expand(
         4, 3, 2, 2)
     assert FT.classifier_accuracy(Brightness(), ImageData(images, labels, list("abc"))) == 0.75
+
+
+def test_classifier_accuracy_at_another_size():
+    sizes = []
+
+    class Recording(Brightness):
+        def forward(self, x):
+            sizes.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+    labels = torch.tensor([0, 1, 2, 0])
+    images = torch.tensor([0, 128, 255, 255], dtype=torch.uint8).view(4, 1, 1, 1).expand(
+        4, 3, 2, 2)
+    data = ImageData(images, labels, list("abc"))
+    assert FT.classifier_accuracy(Recording(), data, size=8) == 0.75  # flat images stay flat
+    assert FT.classifier_accuracy(Recording(), data) == 0.75
+    assert sizes == [(8, 8), (2, 2)]
