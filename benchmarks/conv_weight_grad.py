@@ -28,7 +28,7 @@ from clr_lib.augment import SimCLRAugment, make_views  # noqa: E402
 from clr_lib.config import get_config  # noqa: E402
 from clr_lib.loss import nt_xent_views  # noqa: E402
 from clr_lib.models import Conv3x3, build_model, conv3x3_weight_grad  # noqa: E402
-from clr_lib.train import build_optimizer  # noqa: E402
+from clr_lib.optim import build_optimizer  # noqa: E402
 
 
 def median_ms(fn, repeats: int = 15) -> float:

@@ -14,28 +14,7 @@ Run it alone: two trainings at once on a small machine measure nothing.
 
 Throughput is measured with pairs of views, as many a step as the profile takes (512: the
 laptop profile's 8 views of 64 images become 2 views of 256), since the conventional pipeline
-makes pairs. Measured on the 2-core CPU alone (ConvNet width 32 with h of 512, batch 256,
-16x16 views, crop minimum 0.2, weight decay 0.5, bf16 on AMX, Conv3x3's GEMM weight
-gradient): course pipeline 1,018 images/s; per-image v2 + DataLoader 334 / 378 / 404 images/s
-with 0 / 1 / 2 workers; ratio 2.52x over the best (earlier runs, before Conv3x3: 1,290 vs 487,
-2.65x; 1,041 vs 443, 2.35x; 1,056 vs 343, 3.1x: the figures follow this shared machine's
-pace). 15 minutes of training, the profile (``python -m clr_lib.train --profile laptop
---seed N``), seeds 0, 1, 2: 3,646 / 3,598 / 3,147 steps, kNN top-1 on val 0.673 / 0.654 /
-0.654 (mean 0.660; with weight decay 1e-4 and without Conv3x3, h of 512 built by hand:
-0.658 / 0.647 / 0.641). Again, the kNN monitor in bf16, on a slower day: 3,155 / 3,315 /
-3,035 steps, 0.667 / 0.654 / 0.646 (mean 0.656). With 8 views of 64 images (the profile
-now): 4,169 / 4,457 / 3,523 steps, 0.681 / 0.665 / 0.659 (mean 0.668), against 2 views of 256
-on the same day: 0.678 / 0.656 / 0.655 (4,668 / 4,277 / 3,646 steps; mean 0.663). Throughput
-that day: 1,071 images/s against 355 / 461 / 432 with 0 / 1 / 2 workers, 2.32x. With Muon
-(the profile now; both pipelines step with it): 810 images/s against 270 / 321 / 314, 2.52x,
-in a slow hour; 15 minutes, seeds 0, 1, 2: 6,400 / 4,000 / 3,797 steps, 0.699 / 0.669 / 0.676
-(mean 0.681). With h of 1024, the linear decay and three Newton-Schulz iterations (the profile
-now), seeds 0, 1, 2: 4,628 / 4,263 / 4,394 steps, 0.702 / 0.682 / 0.683 (mean 0.689), against
-0.697 / 0.679 / 0.678 for the profile before, one to three hours earlier. With f seeing the
-images at 28 pixels (eval_size; the profile now), those checkpoints give 0.711 / 0.705 / 0.698,
-and seeds 4, 5, trained with it: 4,617 / 4,532 steps, 0.704 / 0.721 (six seeds: mean 0.708).
-Throughput the same day, this profile: 1,261 images/s against 645 / 660 / 677 with 0 / 1 / 2
-workers, 1.86x (the larger h makes the network's share of a step larger than before).
+makes pairs. The figures measured so far, and the commands, are in docs/record.md.
 """
 
 from __future__ import annotations
@@ -49,11 +28,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clr_lib.augment import SimCLRAugment, reference_transform, two_views
-from clr_lib.config import get_config, pick_device
+from clr_lib.config import get_config, pick_device, use_bf16
 from clr_lib.data import load_splits
 from clr_lib.loss import nt_xent
 from clr_lib.models import build_model
-from clr_lib.train import _autocast, build_optimizer, train
+from clr_lib.optim import build_optimizer
+from clr_lib.train import train
 
 
 class PairDataset(Dataset):
@@ -73,7 +53,8 @@ def step_rate(cfg, batches, seconds: float) -> float:
     """Training images per second over ``seconds`` of steps (after two warm-up steps)."""
     device = pick_device(cfg.device)
     model = build_model(cfg).to(device)
-    optimizer, autocast = build_optimizer(cfg, model), _autocast(cfg, device)
+    optimizer = build_optimizer(cfg, model)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device))
     done, start = 0, None
     for i, (x_i, x_j) in enumerate(batches):
         with autocast:

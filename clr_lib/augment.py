@@ -18,17 +18,16 @@ Two implementations of the same T:
 - ``reference_transform(aug)``: torchvision.transforms.v2, one image at a time. Readable, but
   Python runs once per image, and on a batch tensor v2 draws *one* set of parameters for all.
 - ``augment_batch(images, aug, generator)``: a whole uint8 batch at once, on any device, every
-  image with its own parameters t ~ T. Crop and flip are one ``grid_sample``; jitter, grayscale
-  and blur are tensor maths with torchvision's formulas. **Training calls
+  image with its own parameters t ~ T. Crop, resize and flip are one einsum with two small
+  matrices per image (antialiased, as torchvision's resize); jitter, grayscale and blur are
+  tensor maths with torchvision's formulas. **Training calls
   ``two_views(images, aug, generator)``**, which is ``augment_batch`` on the batch twice over.
 
 The jitter order is random for every image (a permutation of brightness, contrast, saturation,
 hue), as in the paper's code and torchvision's ColorJitter. ``sample_params`` draws t from the
 same law as torchvision's ``make_params`` and ``apply_params`` equals torchvision's functional ops
-given the same t (tests/test_augment.py checks both).
-
-Measured (benchmarks/augment_throughput.py, batch 512 of 32x32 CIFAR-10 JPEGs, blur off, shared
-2-core CPU, 2 threads, torch 2.14.1): per-image v2 1,459 images/s, batched 22,689 images/s (15.6x).
+given the same t (tests/test_augment.py checks both). On a CPU the batched version is more
+than ten times faster (``python benchmarks/augment_throughput.py``; docs/record.md).
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms import v2
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of the train pixels, in [0, 1]
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)  # per-channel std (not the often copied 0.2023, ...)
@@ -93,9 +91,11 @@ class SimCLRAugment:
         return max(3, int(0.1 * self.size) // 2 * 2 + 1)
 
 
-def reference_transform(aug: SimCLRAugment | None = None) -> v2.Compose:
-    """The per-image pipeline in torchvision v2: input one uint8 image (3, H, W), output a float
-    view (3, size, size). The colour part is the paper's PyTorch pseudo-code (Appendix A)."""
+def reference_transform(aug: SimCLRAugment | None = None):
+    """The per-image pipeline in torchvision v2 (a ``v2.Compose``): input one uint8 image
+    (3, H, W), output a float view (3, size, size). The colour part is the paper's PyTorch
+    pseudo-code (Appendix A)."""
+    from torchvision.transforms import v2  # imported here: ~1 s, and training never needs it
     aug = aug or SimCLRAugment()
     if aug.rotate_p or aug.cutout_p:
         raise ValueError("reference_transform covers the paper's T only; rotate_p and "
@@ -269,22 +269,34 @@ def _central_box(height: int, width: int, ratio: tuple[float, float]) -> tuple[i
     return height, width
 
 
+def _resize_weights(start: Tensor, length: Tensor, size: int, n: int) -> Tensor:
+    """(B, size, n) weights that resize the span [start, start + length) of n pixels to size
+    pixels, one row per output pixel: torch's antialiased bilinear resize (the PIL filter that
+    torchvision's Resize uses). Output pixel o is centred at c = (o + 0.5) * length / size in
+    the span; input pixel k (its centre k + 0.5) weighs max(0, 1 - |k + 0.5 - c| / s) with
+    s = max(1, length / size), normalised to sum to 1. Upsampling (s = 1) this is plain
+    bilinear interpolation; downsampling, the triangle widens to s input pixels each side, so
+    every pixel of the span counts (no aliasing)."""
+    length = length[:, None, None].float()  # (B, 1, 1)
+    scale = length / size
+    centre = (torch.arange(size, device=length.device) + 0.5)[None, :, None] * scale  # (1|B, s, 1)
+    support = scale.clamp(min=1.0)
+    k = torch.arange(n, device=length.device)[None, None, :] - start[:, None, None]  # (B, 1, n)
+    w = (1 - (k + 0.5 - centre).abs() / support).clamp(min=0)
+    w = w * ((k >= 0) & (k < length))  # only the pixels of the span
+    return w / w.sum(2, keepdim=True)  # (B, size, n)
+
+
 def _crop_flip(x: Tensor, t: dict[str, Tensor], size: int) -> Tensor:
-    """Bilinear resize of each crop box to size x size (and a mirror where ``flip``).
-    Output pixel o samples the box at (o + 0.5) * h / size - 0.5, clamped to the box: the same
-    points as torchvision's resize (align_corners=False; no antialias is needed to upsample)."""
-    B, _, H, W = x.shape
-    o = (torch.arange(size, device=x.device) + 0.5) / size  # (size,) pixel centres in (0, 1)
-
-    def coords(start, length):  # (B, size) source coordinates in pixels
-        length = length[:, None].float()
-        return (o * length - 0.5).clamp(min=0).minimum(length - 1) + start[:, None]
-
-    ys, xs = coords(t["top"], t["height"]), coords(t["left"], t["width"])
-    xs = torch.where(t["flip"][:, None], xs.flip(1), xs)  # a mirror reads the columns backwards
-    gy, gx = (2 * ys + 1) / H - 1, (2 * xs + 1) / W - 1  # grid_sample's [-1, 1] units
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)  # (B, s, s, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    """Resize each crop box to size x size (mirrored where ``flip``), as torchvision's
+    ``resized_crop(..., antialias=True)`` does. The resize is separable: one (size x H) matrix
+    R_y for the rows and one (size x W) matrix R_x for the columns of each image, and the
+    view is R_y x R_x^T, one einsum for the whole batch, with no loop over images or crop
+    sizes. A mirror reads the columns backwards: R_x's rows reversed."""
+    r_y = _resize_weights(t["top"], t["height"], size, x.shape[2])  # (B, size, H)
+    r_x = _resize_weights(t["left"], t["width"], size, x.shape[3])  # (B, size, W)
+    r_x = torch.where(t["flip"][:, None, None], r_x.flip(1), r_x)
+    return torch.einsum("bsh,bchw,btw->bcst", r_y, x, r_x)  # (B, 3, size, size)
 
 
 def _gray(x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, 1, H, W)

@@ -13,11 +13,10 @@ Sources, chosen by ``dataset=``:
                not allowed) the synthetic set; with downloads allowed, CIFAR-10 is fetched.
 
 Where the data lives: the ``data_dir`` argument, else ``$CLR_DATA_DIR``, else ``data/`` in the
-project. A validation split is always held out from train (stratified, deterministic by
-seed): tune on it, and look at the test split, when there is one, only at the very end.
-
-Measured on a 2-core CPU, 50,000 CIFAR-10 JPEGs: first load 11.6 s, from the cache 0.37 s
-(median of 5; ``python benchmarks/load_data.py``).
+project. A folder that was named (argument or variable) must exist and hold a dataset; the
+synthetic set stands in only when no folder was named and ``data/`` holds nothing. A
+validation split is always held out from train (stratified, deterministic by seed): tune on
+it, and look at the test split, when there is one, only at the very end.
 """
 
 from __future__ import annotations
@@ -32,14 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clr_lib.config import UserError
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
-class DatasetError(ValueError):
-    """A dataset could not be loaded; the message says what to do about it."""
+class DatasetError(UserError):
+    """A dataset could not be loaded; the message says what is wrong and what to do."""
 
 
 @dataclass
@@ -83,9 +84,13 @@ def project_dir() -> Path:
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The explicit argument, else ``$CLR_DATA_DIR``, else ``data/`` in the project."""
-    if data_dir is None:
-        data_dir = os.environ.get("CLR_DATA_DIR") or project_dir() / "data"
-    return Path(data_dir).expanduser()
+    return _data_root(data_dir)[0]
+
+
+def _data_root(data_dir) -> tuple[Path, bool]:
+    """(the data folder, whether the user named it)."""
+    named = data_dir or os.environ.get("CLR_DATA_DIR")
+    return Path(named or project_dir() / "data").expanduser(), bool(named)
 
 
 def cache_dir() -> Path:
@@ -115,9 +120,12 @@ def load_dataset(dataset: str = "auto", data_dir: str | os.PathLike | None = Non
         val_fraction: share of train held out, per class, for validation.
         download: may torchvision download CIFAR-10 if it is not on disk?
     """
-    root = resolve_data_dir(data_dir)
+    root, named = _data_root(data_dir)
+    if named and not root.is_dir():
+        raise DatasetError(f"the data folder {root} does not exist: name a folder that holds "
+                           "CIFAR-10 or train/<class>/ images (--data-dir or CLR_DATA_DIR)")
     if dataset == "auto":
-        dataset = _detect(root, download)
+        dataset = _detect(root, download, named)
     if dataset == "cifar10":
         train, test, desc = _load_cifar10(root, download)
     elif dataset == "folder":
@@ -132,18 +140,22 @@ def load_dataset(dataset: str = "auto", data_dir: str | os.PathLike | None = Non
         raise DatasetError(f"Unknown dataset {dataset!r}: use 'auto', 'cifar10', 'folder' or "
                            "'synthetic'.")
     if max_per_class is not None and dataset == "cifar10":
-        train = train.subset(_random_per_class(train.labels, max_per_class, seed))
+        train = train.subset(balanced_subset(train.labels, max_per_class, seed))
     train, val = stratified_split(train, val_fraction, seed)
     return Splits(train, val, test, dataset, desc)
 
 
-def _detect(root: Path, download: bool) -> str:
+def _detect(root: Path, download: bool, named: bool) -> str:
     if (root / "cifar-10-batches-py").is_dir() or (root / "cifar-10-python.tar.gz").is_file():
         return "cifar10"
     if (root / "train").is_dir():
         return "folder"
     if download:
         return "cifar10"
+    if named:
+        raise DatasetError(f"{root} holds neither CIFAR-10 nor a train/ folder: put "
+                           f"cifar-10-python.tar.gz or train/<class>/*.jpg there, or name "
+                           "another folder")
     warnings.warn(f"No CIFAR-10 or ImageFolder found in {root}; using the synthetic dataset. "
                   "Set CLR_DATA_DIR to a folder holding CIFAR-10 or train/<class>/ images.")
     return "synthetic"
@@ -153,31 +165,35 @@ def stratified_split(data: ImageData, val_fraction: float, seed: int = 0
                      ) -> tuple[ImageData, ImageData]:
     """Hold out ``val_fraction`` of every class, the same images for the same seed."""
     if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    is_val = stratified_mask(data.labels, val_fraction, seed, range(len(data.classes)))
+        raise DatasetError(f"val_fraction is {val_fraction}: it takes a number between 0 and 1")
+    is_val = torch.zeros(len(data), dtype=torch.bool)
+    is_val[balanced_subset(data.labels, val_fraction, seed)] = True
     return data.subset(torch.nonzero(~is_val).flatten()), data.subset(torch.nonzero(is_val).flatten())
 
 
-def stratified_mask(labels: torch.Tensor, fraction: float, seed: int = 0,
-                    classes=None) -> torch.Tensor:
-    """A boolean mask holding out ``fraction`` of every class (at least one image, never all
-    of a class with two or more), the same images for the same seed."""
+def balanced_subset(labels: torch.Tensor, share: float | int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a class-balanced random subset, the same for the same seed: a
+    fraction ``share`` of every class (at least one image, but below 1 never all of a
+    class), or ``share`` images of every class when it is a whole number.
+
+    Every class is shuffled once, in class order, and its first images are taken, so for one
+    seed a smaller subset lies inside a larger one (1% of the labels inside 10%). The
+    validation split, the probe's holdout, ``max_per_class`` and chapter 05's label
+    fractions all come from here (scikit-learn's StratifiedShuffleSplit draws anew for every
+    size, so its subsets do not nest)."""
+    if isinstance(share, bool) or not (isinstance(share, int) and share >= 1
+                                       or isinstance(share, float) and 0.0 < share <= 1.0):
+        raise UserError(f"share is {share!r}: give a fraction in (0, 1] or a whole number of "
+                        "images per class")
     g = torch.Generator().manual_seed(seed)
-    held = torch.zeros(len(labels), dtype=torch.bool)
-    for c in labels.unique().tolist() if classes is None else classes:
+    keep = []
+    for c in labels.unique().tolist():
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        n = int(round(len(idx) * fraction))
-        if len(idx) >= 2:
-            n = min(max(n, 1), len(idx) - 1)
-        held[idx[:n]] = True
-    return held
-
-
-def _random_per_class(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    keep = [torch.nonzero(labels == c).flatten() for c in labels.unique()]
-    keep = [i[torch.randperm(len(i), generator=g)[:k]] for i in keep]
+        n = share if isinstance(share, int) else max(1, round(len(idx) * share))
+        if isinstance(share, float) and share < 1.0:
+            n = min(n, len(idx) - 1)  # a share below 1 leaves one image or more out
+        keep.append(idx[:n])
     return torch.cat(keep).sort().values
 
 
@@ -203,7 +219,7 @@ def _load_cifar10(root: Path, download: bool) -> tuple[ImageData, ImageData, str
             f"Could not download CIFAR-10 into {root} ({e}). Offline? Download "
             f"cifar-10-python.tar.gz from {CIFAR10_URL} on a machine with internet, put it in "
             f"{root}, and load again; it is unpacked from there. Or point CLR_DATA_DIR at an "
-            "ImageFolder, or run CLR_PROFILE=smoke, which falls back to synthetic images.") from e
+            "ImageFolder; with no folder named, CLR_PROFILE=smoke uses synthetic images.") from e
     return train, test, f"CIFAR-10 (torchvision) in {root}"
 
 
@@ -216,18 +232,18 @@ def _has_cifar(root: Path) -> bool:
 def _load_folder(root: Path, image_size: int, max_per_class: int | None
                  ) -> tuple[ImageData, ImageData | None, str]:
     if not root.is_dir():
-        raise DatasetError(f"Data folder {root} does not exist. Create it with images in "
-                           f"{root}/train/<class>/*.jpg, or set CLR_DATA_DIR to the right folder.")
+        raise DatasetError(f"the data folder {root} does not exist: create it with images in "
+                           f"{root}/train/<class>/*.jpg, or name the right folder")
     if not (root / "train").is_dir():
-        raise DatasetError(f"{root} has no train/ folder. Put images in {root}/train/<class>/"
-                           "*.jpg (one subfolder per class), optionally test/<class>/ too.")
+        raise DatasetError(f"{root} has no train/ folder: put images in {root}/train/<class>/"
+                           "*.jpg (one subfolder per class), optionally test/<class>/ too")
     train = _read_image_folder(root / "train", image_size, max_per_class)
     test = None
     if (root / "test").is_dir():
         test = _read_image_folder(root / "test", image_size, None)
         if test.classes != train.classes:
             raise DatasetError(f"{root}/test has classes {test.classes} but train has "
-                               f"{train.classes}; give both the same class subfolders.")
+                               f"{train.classes}: give both the same class subfolders")
     return train, test, f"ImageFolder {root} ({len(train)} train images)"
 
 
@@ -235,16 +251,17 @@ def _list_image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]], 
     """Class names, (path, label) pairs and each class folder's mtime (for the cache key)."""
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
     if not classes:
-        raise DatasetError(f"{folder} has no class subfolders. Put each class's images in its "
-                           f"own folder: {folder}/<class name>/image.jpg.")
+        raise DatasetError(f"{folder} has no class subfolders: put each class's images in its "
+                           f"own folder, {folder}/<class name>/image.jpg")
     files = []
     for label, name in enumerate(classes):
         names = sorted(e.name for e in os.scandir(folder / name)
                        if e.is_file() and not e.name.startswith("."))
         files += [(os.path.join(folder, name, n), label) for n in names]
-    if not files:
-        raise DatasetError(f"{folder} has class folders {classes} but no files in them. Add "
-                           "images (jpg, png, ...) to each class folder.")
+    empty = [name for label, name in enumerate(classes) if all(f[1] != label for f in files)]
+    if empty:
+        raise DatasetError(f"the class folder(s) {', '.join(str(folder / n) for n in empty)} "
+                           "hold no files: add the class's images, or remove the folder")
     mtimes = [(folder / name).stat().st_mtime_ns for name in classes]
     return classes, files, mtimes
 
@@ -268,9 +285,11 @@ def _read_image_folder(folder: Path, image_size: int, max_per_class: int | None)
     if resized:
         warnings.warn(f"{resized} image(s) in {folder} were not {image_size}x{image_size} and were "
                       f"resized to {image_size}x{image_size}.")
-    if not labels:
-        raise DatasetError(f"No readable images in {folder}: all {len(bad)} files failed to "
-                           "decode. Check that the class folders hold jpg/png images.")
+    unreadable = [classes[c] for c in range(len(classes)) if c not in set(labels)]
+    if unreadable:
+        raise DatasetError(f"no readable image in the class folder(s) "
+                           f"{', '.join(str(folder / n) for n in unreadable)}: put jpg or png "
+                           "images there, or remove the folder")
     data = ImageData(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
                      torch.tensor(labels, dtype=torch.int64), classes)
     # labels first: the images file appearing last marks a complete cache entry
@@ -297,15 +316,25 @@ def _decode(files, image_size):
     return images, labels, bad, resized
 
 
-def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    """Write a cache file to a temporary name and rename it, so a crash never leaves half a
-    cache; a read-only checkout still works, only without the cache."""
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Write a file whole or not at all: ``write(f)`` fills a temporary file beside ``path``
+    (opened for binary writing), which is then renamed over it. A crash, a kill or a full
+    disk never leaves half a checkpoint, record or cache behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as f:
-            np.save(f, array)
+            write(f)
         os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_array_atomic(path: Path, array: np.ndarray) -> None:
+    """A cache file, written atomically; a read-only checkout still works, without cache."""
+    try:
+        atomic_write(path, lambda f: np.save(f, array))
     except OSError as e:
         warnings.warn(f"Could not write the cache {path} ({e}); it will be computed again "
                       "next time. Set CLR_CACHE_DIR to a writable folder.")

@@ -1,6 +1,6 @@
 """Numbers that tell whether contrastive embeddings are healthy, without any labels.
 
-Introduced in chapter 03; the training loop (chapter 04) logs them.
+Introduced in chapter 03, which measures them on a batch before and after a few steps.
 
 - alignment and uniformity (Wang & Isola, 2020, "Understanding Contrastive Representation
   Learning through Alignment and Uniformity on the Hypersphere"): positive pairs
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from clr_lib.loss import positive_index
 
 
 @torch.no_grad()
@@ -67,7 +69,7 @@ def positive_rank(z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
     n = z_i.shape[0]
     sim = z @ z.T  # (2N, 2N)
     rows = torch.arange(2 * n, device=z.device)
-    pos = sim[rows, (rows + n) % (2 * n)]  # (2N,) similarity to the other view
+    pos = sim[rows, positive_index(n, 2, z.device)[:, 0]]  # (2N,) similarity to the other view
     sim[rows, rows] = float("-inf")  # the anchor itself is not a candidate
     return (sim >= pos[:, None]).sum(dim=1) - 1  # the positive is >= itself
 
@@ -125,7 +127,7 @@ def hard_negative_share(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float
     rows = torch.arange(2 * n, device=z.device)
     mask = torch.zeros_like(sim, dtype=torch.bool)
     mask[rows, rows] = True
-    mask[rows, (rows + n) % (2 * n)] = True
+    mask[rows, positive_index(n, 2, z.device)[:, 0]] = True
     neg = sim[~mask].view(2 * n, 2 * n - 2)  # (2N, 2N-2) similarities to negatives only
     w = torch.softmax(neg / temperature, dim=1)  # relative gradient weights of negatives
     k = max(1, round(fraction * (2 * n - 2)))

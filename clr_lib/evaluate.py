@@ -15,18 +15,14 @@ of the frozen base network, and test accuracy is used as a proxy for representat
     python -m clr_lib.evaluate runs/laptop/checkpoint.pt --split val   # no test split in DIR
 
 Fine-tuning and the supervised baseline are in ``clr_lib.finetune``; 2-D maps in ``clr_lib.maps``.
-Measured on a busy 2-core CPU (smoke checkpoint, 900 + 100 CIFAR-10 images, one thread): the
-CLI takes ~10 s, imports included (``python benchmarks/evaluate_speed.py`` for the parts).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +31,14 @@ from tqdm.auto import tqdm
 
 from clr_lib.augment import normalize
 from clr_lib.checkpoint import load_checkpoint, model_from_checkpoint
-from clr_lib.config import pick_device
-from clr_lib.data import DatasetError, Splits, load_dataset, stratified_mask
+from clr_lib.cli import ArgumentParser, optional_int, run
+from clr_lib.config import UserError, pick_device
+from clr_lib.data import DatasetError, Splits, balanced_subset, load_dataset
 from clr_lib.models import build_model
 
-# L2 penalties tried by the probe, strongest first (each fit warm-starts the next). The paper
-# tries "45 logarithmically-spaced values between 10^-6 and 10^5" (Appendix B.8); on
-# standardised features the best lies within these seven.
+# L2 penalties tried by the probe, strongest first (each fit warm-starts the next). The
+# paper's L-BFGS protocol tries "45 logarithmically spaced values between 10^-6 and 10^5"
+# (Appendix B.8.1); on standardised features the best lies within these seven.
 WEIGHT_DECAYS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
@@ -60,15 +57,17 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
         device: where to run f; default the device of its parameters.
         with_z: also return z = g(h) (``encoder`` must be a ``SimCLR`` model).
         progress: show a tqdm bar.
-        bf16: bfloat16 autocast, as training uses on CUDA and AMX CPUs (``train.use_bf16``):
-            2-3x faster there (ConvNet width 32, 2-core AMX CPU: 380 -> 1,050 images/s).
+        bf16: bfloat16 autocast, as training uses on CUDA and AMX CPUs (``config.use_bf16``):
+            2-3x faster there.
         size: resize the images to size x size pixels before f (bilinear, antialiased, as
             torchvision's Resize); None keeps them. ``Config.eval_size``: the laptop encoder,
             trained on 16-pixel views, scores higher on CIFAR-10 at 28 pixels than at 32.
     Returns:
         (N, feature_dim) float32 features h on the CPU, or (h, z) with ``with_z``.
     """
-    check_eval_size(size, "size")
+    if size is not None and not (isinstance(size, int) and size >= 8):
+        raise UserError(f"size is {size!r}: give a whole number of pixels >= 8, or None to "
+                        "keep the images as they are")
     device = torch.device(device or next(encoder.parameters()).device)
     was_training = encoder.training
     encoder.eval()  # BatchNorm's running statistics: h of an image depends on it alone
@@ -88,13 +87,6 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
             zs.append(z.float().cpu())
     encoder.train(was_training)
     return (torch.cat(hs), torch.cat(zs)) if with_z else torch.cat(hs)
-
-
-def check_eval_size(size, name: str = "eval_size") -> None:
-    """A clear error for an evaluation size that is not None or a whole number >= 8."""
-    if size is not None and not (isinstance(size, int) and size >= 8):
-        raise ValueError(f"{name} must be None (evaluate the images as they are) or a whole "
-                         f"number of pixels >= 8 (the side f sees; e.g. 28), got {size!r}.")
 
 
 # ----------------------------------------------------------------------------- kNN
@@ -129,8 +121,8 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
         (Q,) predicted labels.
     """
     sim, idx = nearest_neighbours(bank, queries, k, chunk)  # (Q, k) each
-    votes = torch.zeros(len(queries), num_classes)
-    votes.scatter_add_(1, bank_labels[idx], (sim / t).exp())
+    votes = torch.zeros(len(queries), num_classes, device=sim.device)
+    votes.scatter_add_(1, bank_labels.to(sim.device)[idx], (sim / t).exp())
     return votes.argmax(1)
 
 
@@ -162,8 +154,16 @@ class LinearProbe(nn.Module):
 def fit_linear_probe(feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
                      weight_decay: float, max_iter: int = 200,
                      init: LinearProbe | None = None) -> LinearProbe:
-    """Multinomial logistic regression on standardised features, by L-BFGS ("We used L-BFGS to
-    optimize the softmax cross-entropy objective", paper Appendix B.8).
+    """Multinomial logistic regression on standardised features, by L-BFGS.
+
+    The paper has two linear protocols: its ImageNet linear evaluation trains the classifier
+    with Nesterov-momentum SGD for 90 epochs on augmented crops (Appendix B.6), and its
+    transfer experiments fit "an l2-regularized multinomial logistic regression classifier on
+    features extracted from the frozen pretrained network. We used L-BFGS to optimize the
+    softmax cross-entropy objective and we did not apply data augmentation" (Appendix
+    B.8.1). The course follows the second: on frozen features the problem is convex, so
+    L-BFGS solves it to the optimum in seconds on a CPU, with no learning rate or number of
+    epochs to tune, and the penalty is the one choice left (``linear_probe``).
 
     Minimises mean cross-entropy + weight_decay / 2 * |W|^2 (the bias is not penalised).
     Args: feats (N, D) and labels (N,); ``init`` warm-starts from another probe's weights.
@@ -195,21 +195,6 @@ def accuracy(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> flo
     return (model(feats).argmax(1) == labels).float().mean().item()
 
 
-def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Sorted indices of ``fraction`` of every class (at least one image each), chosen at
-    random but deterministic by seed. For one seed, a smaller fraction's subset lies inside a
-    larger one's (1% inside 10%): each class is shuffled once and its first images taken."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    g = torch.Generator().manual_seed(seed)
-    keep = []
-    for c in labels.unique().tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        keep.append(idx[:max(1, round(fraction * len(idx)))])
-    return torch.cat(keep).sort().values
-
-
 @dataclass
 class ProbeResult:
     probe: LinearProbe  # fitted on the training features with the chosen weight decay
@@ -235,7 +220,8 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
     num_classes = int(train_labels.max()) + 1
     fit_x, fit_y, where = train_feats, train_labels, "val"
     if select_feats is None:
-        held = stratified_mask(train_labels, holdout, seed)
+        held = torch.zeros(len(train_labels), dtype=torch.bool)
+        held[balanced_subset(train_labels, holdout, seed)] = True
         if not held.any():
             wd = weight_decays[len(weight_decays) // 2]
             probe = fit_linear_probe(train_feats, train_labels, num_classes, wd)
@@ -256,8 +242,7 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
 @contextmanager
 def _one_thread():
     """L-BFGS on probe-sized problems is a chain of tiny matrix products, which one CPU thread
-    runs faster than several: on a busy 2-core CPU, 900 x 128 features, one fit took 0.6 s
-    with 1 thread and 12.8 s with 2 (45,000 x 512: 1.9 s and 3.1 s)."""
+    runs faster than several (on a 2-core CPU, often several times faster)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -301,67 +286,53 @@ def evaluate_model(model: nn.Module, splits: Splits, split: str = "val", k: int 
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="kNN and linear evaluation of a SimCLR "
-                                     "checkpoint (chapter 05); prints one JSON object.")
+    parser = ArgumentParser(prog="python -m clr_lib.evaluate",
+                            description="kNN and linear evaluation of a SimCLR checkpoint "
+                            "(chapter 05); prints one JSON object.")
     parser.add_argument("checkpoint", help="RUN_DIR/checkpoint.pt (or RUN_DIR)")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: as trained)")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="the split to report; --split val when DIR has no test split")
-    parser.add_argument("--dataset", default=None, help="auto | cifar10 | folder | synthetic")
-    parser.add_argument("--max-per-class", type=int, default=None,
+    parser.add_argument("--dataset", default=None, choices=("auto", "cifar10", "folder",
+                                                            "synthetic"))
+    parser.add_argument("--max-per-class", type=optional_int, default=None,
                         help="training images per class (default: as trained)")
     parser.add_argument("--random-init", action="store_true", help="evaluate the checkpoint's "
                         "network with random weights instead: the floor pretraining must beat")
-    parser.add_argument("--eval-size", type=_size_option, default=argparse.SUPPRESS,
-                        metavar="PIXELS",
-                        help="side of the images f sees (default: the checkpoint's eval_size; "
-                        "none: as they are)")
+    parser.add_argument("--eval-size", type=optional_int, default=argparse.SUPPRESS,
+                        metavar="PIXELS", help="side of the images f sees (default: the "
+                        "checkpoint's eval_size; none: as they are)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 features: 2-3x faster "
                         "on CUDA and AMX CPUs; accuracies can move by an image or two")
     args = parser.parse_args(argv)
-    try:
-        print(json.dumps(_evaluate_cli(args)))
-    except (FileNotFoundError, ValueError) as e:  # DatasetError is a ValueError
-        sys.exit(f"error: {e}")
-
-
-def _size_option(text: str) -> int | None:
-    if text.lower() == "none":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes a whole number of pixels (e.g. 28) or "
-                                         f"'none', not {text!r}") from None
+    print(json.dumps(_evaluate_cli(args)))
 
 
 def _evaluate_cli(args: argparse.Namespace) -> dict:
     state = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(state)
+    size = getattr(args, "eval_size", cfg.eval_size)
+    cfg = cfg.replace(eval_size=size)  # checks it before any data is read
     if args.random_init:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise DatasetError(f"--data-dir {args.data_dir} is not a folder.")
     # The checkpoint's seed, val_fraction and max_per_class give the train/val split it saw.
     splits = load_dataset(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir,
                           image_size=cfg.image_size,
                           max_per_class=args.max_per_class or cfg.max_per_class,
                           val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download)
     if splits.classes != state["classes"]:
-        raise DatasetError(f"The dataset's classes {splits.classes} differ from the "
-                           f"checkpoint's {state['classes']}; evaluate on the dataset it was "
-                           "trained on (--data-dir).")
+        raise DatasetError(f"the dataset's classes {splits.classes} differ from the "
+                           f"checkpoint's {state['classes']}: evaluate on the data it was "
+                           "trained on (--data-dir)")
     if args.split == "test" and splits.test is None:
         raise DatasetError(f"{splits.description} has no test split (an ImageFolder keeps it "
-                           "in test/<class>/); use --split val to report the validation split.")
+                           "in test/<class>/): report the validation split with --split val")
     for name in dict.fromkeys(("train", "val", args.split)):  # val: reported or selects
         if len(getattr(splits, name)) == 0:
-            raise DatasetError(f"The {name} split of {splits.description} is empty; it needs "
-                               "images in every class (val holds out a share of train).")
-    size = getattr(args, "eval_size", cfg.eval_size)
-    check_eval_size(size, "--eval-size")
+            raise DatasetError(f"the {name} split of {splits.description} is empty: give "
+                               "every class two images or more (val holds out a share)")
     device = pick_device(args.device)
     result = evaluate_model(model.to(device), splits, args.split, cfg.knn_k, cfg.knn_t, device,
                             bf16=args.bf16, size=size)
@@ -375,4 +346,4 @@ def _evaluate_cli(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

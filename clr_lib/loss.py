@@ -11,17 +11,14 @@ L = 1/(2N) sum_k [l(2k-1, 2k) + l(2k, 2k-1)].
 
 Vectorised, this is one cross-entropy over the rows of the 2N x 2N matrix of cosine
 similarities divided by tau, with the diagonal (each view's similarity to itself) masked
-out and the target of row k being the column of its other view, k + N or k - N. At 2N = 512
-on 2 CPU cores busy with other jobs, benchmarks/loss_speed.py timed it at 80 ms against 5.5 s
-for Algorithm 1's loops over pairs (69x); on idle cores it takes about 2 ms.
-
-``nt_xent_views`` is the same loss for V >= 2 views of each image: every view is an anchor
-whose positives are the other V - 1 views of its image; ``nt_xent(z_i, z_j)`` is V = 2.
+out and the target of row k being the column of its other view, k + N or k - N
+(``positive_index``). ``nt_xent_views`` is the same loss for V >= 2 views of each image:
+every view is an anchor whose positives are the other V - 1 views of its image;
+``nt_xent(z_i, z_j)`` is V = 2.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -29,24 +26,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from clr_lib.config import UserError
 
-def _check_inputs(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> None:
-    """Raise a ValueError that names the fix for inputs NT-Xent cannot use."""
-    if z_i.ndim != 2 or z_j.ndim != 2:
-        raise ValueError(f"z_i and z_j must be 2-D, (N, d), got shapes {tuple(z_i.shape)} and "
-                         f"{tuple(z_j.shape)}: flatten the projections with z.flatten(1).")
-    if z_i.shape != z_j.shape:
-        raise ValueError(f"z_i and z_j must have the same shape (N, d), got {tuple(z_i.shape)} "
-                         f"and {tuple(z_j.shape)}: pass the projections of the two views of the "
-                         "same N images, in the same order.")
-    _check_temperature(temperature)
+
+def positive_index(n: int, views: int = 2, device=None) -> torch.Tensor:
+    """The columns of each anchor's positives when V views of N images are stacked view by
+    view, [z of view 0 of images 0..N-1; view 1 ...; ...]: row a N + k (view a of image k)
+    has its positives at b N + k for the V - 1 views b != a. Returns (V N, V - 1) int64; for
+    V = 2 the column of row k is (k + N) mod 2N."""
+    image = torch.arange(n, device=device).repeat(views)  # (VN,) the image of each row
+    view = torch.arange(views, device=device).repeat_interleave(n)  # (VN,) its view
+    others = torch.arange(views, device=device)[None, :].expand(views * n, views)
+    others = others[others != view[:, None]].view(views * n, views - 1)  # views b != a
+    return others * n + image[:, None]
 
 
 def _check_temperature(temperature: float) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-            and temperature > 0):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}: "
-                         "the paper uses 0.5 on CIFAR-10 and 0.1 on ImageNet.")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float))
+                                             and 0 < temperature < float("inf")):
+        raise UserError(f"temperature is {temperature!r}: it takes a number > 0; the paper "
+                        "uses 0.5 on CIFAR-10 and 0.1 on ImageNet")
 
 
 def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5,
@@ -71,8 +70,9 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float = 0.5,
     Returns:
         A scalar float32 tensor (float64 if z is float64), even under autocast.
 
-    Raises ValueError for z_i and z_j of different shapes, fewer than 2 pairs in the (global)
-    batch, temperature <= 0, and NaN or inf in z.
+    Raises a ValueError for z_i and z_j of different shapes, fewer than 2 pairs in the
+    (global) batch, or temperature <= 0. NaN in z gives a NaN loss, which the training loop
+    stops on; checking z here would cost a host synchronisation every step on a GPU.
     """
     return nt_xent_views([z_i, z_j], temperature, distributed, normalize)  # checks them too
 
@@ -85,7 +85,7 @@ def nt_xent_views(views: Sequence[torch.Tensor], temperature: float = 0.5,
     its negatives the V(N - 1) views of the other images, and its loss is the mean over its
     positives of -log(softmax over the VN - 1 other views). More views give every image more
     positive pairs for the same number of views a step (the laptop profile: 8 views of 64
-    images rather than 2 of 256; the paper uses 2; chapter 04 measures it).
+    images rather than 2 of 256; the paper uses 2; chapter 08 measures it).
 
     Args:
         views: V tensors (N, d), row k of each from image k.
@@ -93,8 +93,11 @@ def nt_xent_views(views: Sequence[torch.Tensor], temperature: float = 0.5,
     """
     if len(views) < 2:
         raise ValueError(f"NT-Xent needs at least 2 views of each image, got {len(views)}.")
-    for z in views[1:]:
-        _check_inputs(views[0], z, temperature)
+    if any(z.ndim != 2 or z.shape != views[0].shape for z in views):
+        raise ValueError(f"every view's z must be (N, d), all of one shape, got "
+                         f"{[tuple(z.shape) for z in views]}: pass the projections of the "
+                         "views of the same N images, in the same order (z.flatten(1))")
+    _check_temperature(temperature)
     rank, world = 0, 1
     if distributed:
         if not (dist.is_available() and dist.is_initialized()):
@@ -103,7 +106,7 @@ def nt_xent_views(views: Sequence[torch.Tensor], temperature: float = 0.5,
         rank, world = dist.get_rank(), dist.get_world_size()
     v, n = len(views), views[0].shape[0]  # views, images on this process
     if n * world < 2:
-        raise ValueError("NT-Xent needs at least 2 pairs per batch (a batch of one has no "
+        raise ValueError("NT-Xent needs at least 2 images per batch (a batch of one has no "
                          "negatives): raise batch_size, or pass drop_last=True to the "
                          "DataLoader so that no last batch of one is left.")
     # Half precision would round similarities/tau (up to 1/tau = 10) to 3 digits and the
@@ -111,28 +114,26 @@ def nt_xent_views(views: Sequence[torch.Tensor], temperature: float = 0.5,
     with torch.autocast(device_type=views[0].device.type, enabled=False):
         dtype = torch.float64 if views[0].dtype == torch.float64 else torch.float32
         z = torch.cat(list(views)).to(dtype)  # (vn, d): view 0 of every image, then view 1...
-        if not torch.isfinite(z).all():
-            raise ValueError("z contains NaN or inf: training diverged before the loss; lower "
-                             "the learning rate or check the inputs and model.")
         if normalize:
             z = F.normalize(z, dim=1)  # unit rows, so z @ z.T holds cosine similarities
-        if distributed:  # every process's views, in the same view-major order: (vN, d)
-            candidates = torch.cat(_all_gather(z.view(v, n, -1)), dim=1).flatten(0, 1)
-        else:
-            candidates = z
-        big_n = n * world
+        candidates = z
+        if distributed:  # every process's views, view by view: (v, world n, d) -> (vN, d)
+            gathered = _AllGather.apply(z.view(v, n, -1))  # gradients flow back to each
+            candidates = torch.cat(gathered, dim=1).flatten(0, 1)
         logits = z @ candidates.T / temperature  # (vn, vN)
-        mine = torch.arange(n, device=z.device) + rank * n  # global index of my images
-        cols = torch.arange(v, device=z.device)[:, None] * big_n + mine  # (v, n): view a, image k
-        rows = torch.arange(v * n, device=z.device)  # my anchors, in the order of cols
-        logits[rows, cols.flatten()] = float("-inf")  # k != i: a view is not its own negative
-        positives = torch.cat([cols[[b for b in range(v) if b != a]].T for a in range(v)])
-        return -logits.log_softmax(dim=1).gather(1, positives).mean()  # positives: (vn, v-1)
+        def global_column(col):  # view b of local image k -> its column among all vN
+            return col // n * (n * world) + rank * n + col % n
+
+        rows = torch.arange(v * n, device=z.device)
+        logits[rows, global_column(rows)] = float("-inf")  # k != i: not its own negative
+        positives = global_column(positive_index(n, v, z.device))  # (vn, v-1)
+        return -logits.log_softmax(dim=1).gather(1, positives).mean()
 
 
 class _AllGather(torch.autograd.Function):
     """all_gather that lets gradients flow back: each process receives, for its own slice,
-    the sum of the gradients that every process's loss sends to it."""
+    the sum of the gradients that every process's loss sends to it. (torch 2.14 deprecates
+    ``torch.distributed.nn.functional.all_gather``, which did this, for a private module.)"""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -142,13 +143,9 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
-        grad = torch.stack(grads)  # (world, n, d): this process's loss w.r.t. every slice
+        grad = torch.stack(grads)  # (world, ...): this process's loss w.r.t. every slice
         dist.all_reduce(grad)  # summed over processes; z is small, so all_reduce is cheap
         return grad[dist.get_rank()]
-
-
-def _all_gather(x: torch.Tensor) -> list[torch.Tensor]:
-    return list(_AllGather.apply(x))
 
 
 class NTXentLoss(nn.Module):

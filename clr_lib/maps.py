@@ -9,11 +9,7 @@ UMAP (McInnes et al., 2018) is slow to start: umap-learn compiles its numba code
 in every new process, and for more than 4,096 points it builds its neighbour graph with
 pynndescent, which compiles more. Here the exact neighbour graph is computed with one matrix
 product in torch and handed to UMAP, and maps are cached under ``data/cache/`` keyed by the
-features' bytes. Measured on a 2-core CPU (umap-learn 0.5.12, numba 0.68.1; 50 PCA dimensions,
-15 neighbours; ``benchmarks/evaluate_speed.py``): idle, the first call ~8 s of compilation,
-then 1,000 points ~1.6 s and 5,000 points ~8.6 s; busy (load 3-5), 15-24 s, 2.5-3 s and
-~19 s. From the cache: milliseconds. Without the precomputed graph, a first map of 5,000
-points took 56 s (pynndescent compiling too).
+features' bytes (timings: ``python benchmarks/evaluate_speed.py``; docs/record.md).
 """
 
 from __future__ import annotations
@@ -48,7 +44,7 @@ def map_2d(features: torch.Tensor, method: str = "umap", pca_dim: int = 50,
     """A 2-D map of features (N, D): ``method`` "pca", or "umap" on the first ``pca_dim``
     principal components of the l2-normalised features. Returns (N, 2) float32.
 
-    Subsample to a few thousand points first (``evaluate.balanced_subset``): the layout costs
+    Subsample to a few thousand points first (``data.balanced_subset``): the layout costs
     time linear in N, the exact neighbour graph N^2 memory.
     """
     if method not in ("umap", "pca"):

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-ENCODERS = ("convnet", "resnet18", "resnet50")
-HEADS = {"none": 0, "linear": 1, "nonlinear": 2}  # head kind -> number of linear layers
+from clr_lib.config import ENCODERS, HEADS
+
+HEAD_LAYERS = dict(zip(HEADS, (0, 1, 2)))  # head kind -> number of linear layers
 
 
 class Conv3x3(nn.Conv2d):
@@ -38,19 +38,19 @@ class Conv3x3(nn.Conv2d):
     is one matrix product.
 
     On a CPU in bf16, oneDNN computes the weight gradient of a conv on small maps several
-    times slower than the conv itself (benchmarks/conv_weight_grad.py, batch 512 views,
-    128 -> 512 channels at 4x4: 113 ms against 30 ms forward). Yet that gradient is a plain
+    times slower than the conv itself (``python benchmarks/conv_weight_grad.py``). Yet that
+    gradient is a plain
     product: every output pixel p of every image adds g_p P_p^T to dL/dW, where g_p holds
     the pixel's C_out output gradients and P_p the 3 x 3 x C_in input patch under the kernel
     (the "im2col" columns). Stacking all B x H x W pixels as rows,
 
         dL/dW = G^T P      G: (B*H*W, C_out),  P: (B*H*W, 9*C_in)
 
-    one GEMM: 23 ms there. It wins on maps of up to 5x5 pixels (the laptop ConvNet's last two
-    convs, where it makes the whole training step 1.07-1.37x faster in side-by-side runs on
-    a 2-core CPU); on larger maps the patches cost more memory traffic than they save, and in
-    float32 oneDNN is fast already: there, and on CUDA, this is ``nn.Conv2d``. The weights
-    and the forward pass are ``nn.Conv2d``'s.
+    one GEMM. It wins on maps of up to 5x5 pixels (the laptop ConvNet's last two convs on
+    16-pixel views; chapter 08 and docs/record.md have the figures); on larger maps the
+    patches cost more memory traffic than they save, and in float32 oneDNN is fast already:
+    there, and on CUDA, this is ``nn.Conv2d``. The weights and the forward pass are
+    ``nn.Conv2d``'s.
     """
 
     def __init__(self, c_in: int, c_out: int):
@@ -124,8 +124,8 @@ class ConvNet(nn.Module):
     connection adds memory traffic. At width 32 it has 0.54 M parameters and does 0.13 GFLOPs
     per 32x32 image (with h of 512: 0.83 M and 0.17 GFLOPs; of 1024: 1.42 M and 0.25 GFLOPs;
     ResNet-18 with the CIFAR stem: 11.2 M, 1.1 GFLOPs). Weights and inputs are kept
-    channels_last (NHWC): forward+backward at batch 256 on 2 CPU cores went from 300 to 500
-    images/s (torch 2.14, seed 0; ResNet-18 gained nothing, so it stays NCHW).
+    channels_last (NHWC), the layout oneDNN's CPU convolutions are fastest in (ResNet-18
+    gained nothing from it, so it stays NCHW; docs/record.md).
 
     Args:
         width: channels of the first stage (course: 16 smoke, 32 laptop).
@@ -165,6 +165,8 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, depth: int = 18, stem: str = "cifar"):
         super().__init__()
+        import torchvision  # imported here: a second of start-up the ConvNet does not need
+
         builders = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}
         if depth not in builders:
             raise ValueError(f"ResNet depth must be 18 or 50, got {depth}.")
@@ -240,9 +242,9 @@ class ProjectionHead(nn.Module):
 def projection_head(kind: str, in_dim: int, hidden_dim: int | None = None,
                     out_dim: int = 128, batch_norm: bool = True) -> ProjectionHead:
     """The head the paper calls ``kind``: "none", "linear" or "nonlinear"."""
-    if kind not in HEADS:
-        raise ValueError(f"Unknown head {kind!r}: choose one of {tuple(HEADS)}.")
-    return ProjectionHead(in_dim, hidden_dim, out_dim, HEADS[kind], batch_norm)
+    if kind not in HEAD_LAYERS:
+        raise ValueError(f"Unknown head {kind!r}: choose one of {HEADS}.")
+    return ProjectionHead(in_dim, hidden_dim, out_dim, HEAD_LAYERS[kind], batch_norm)
 
 
 class SimCLR(nn.Module):

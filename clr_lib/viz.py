@@ -2,19 +2,22 @@
 
 Every function here takes tensors or numbers and returns a matplotlib Figure; it never
 reads files or global state, so the notebooks can call it once statically (a figure always
-renders, also under nbval) and again from an ipywidgets ``interact`` slider.
+renders, also under nbval) and again from sliders (``sliders``).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import math
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import ListedColormap
 
 from clr_lib.diagnostics import alignment, anchor_softmax, hard_negative_share, uniformity
-from clr_lib.loss import nt_xent
+from clr_lib.loss import nt_xent, positive_index
 
 
 # --- chapter 01: augmentations ---
@@ -79,7 +82,7 @@ def similarity_masks(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = torch.arange(2 * n)
     self_mask = torch.eye(2 * n, dtype=torch.bool)
     pos_mask = torch.zeros(2 * n, 2 * n, dtype=torch.bool)
-    pos_mask[rows, (rows + n) % (2 * n)] = True  # view 1 of image k <-> view 2 of image k
+    pos_mask[rows, positive_index(n, 2)[:, 0]] = True  # view 1 of image k <-> view 2 of image k
     return self_mask, pos_mask, ~(self_mask | pos_mask)
 
 
@@ -218,9 +221,14 @@ def plot_label_fractions(fractions: list[float], curves: dict[str, list[float]],
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
                      ) -> torch.Tensor:
-    """Counts (C, C): row = true class, column = predicted class."""
-    return torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2
-                          ).view(num_classes, num_classes)
+    """Counts (C, C): row = true class, column = predicted class (scikit-learn's)."""
+    from sklearn.metrics import confusion_matrix as counts
+    if len(labels) and not (0 <= min(labels.min(), preds.min())
+                            and max(labels.max(), preds.max()) < num_classes):
+        raise ValueError(f"labels and predictions must be classes 0..{num_classes - 1}: pass "
+                         "the number of classes they come from")
+    return torch.from_numpy(counts(labels.cpu().numpy(), preds.cpu().numpy(),
+                                   labels=list(range(num_classes))))
 
 
 def plot_confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: list[str],
@@ -308,3 +316,33 @@ def plot_retrieval(queries: torch.Tensor, neighbours: torch.Tensor,
             ax.set_xticks([])
             ax.set_yticks([])
     return fig
+
+
+# --- sliders ---
+
+def sliders(plot: Callable[..., plt.Figure], **controls):
+    """The controls (ipywidgets), then the figure ``plot(**values)``, redrawn whenever a
+    control changes: ``display(sliders(fn, tau=FloatSlider(...), ...))``.
+
+    Like ``ipywidgets.interact``, except that the figure is handed to an Output widget as a
+    PNG instead of being printed into it: printing into an Output widget can leave
+    ``jupyter nbconvert --execute`` waiting forever for a reply it already has (nbclient
+    issue 312), while JupyterLab shows both alike."""
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+
+    def redraw(change=None):
+        fig = plot(**{name: c.value for name, c in controls.items()})
+        png = io.BytesIO()
+        fig.savefig(png, format="png", bbox_inches="tight")
+        plt.close(fig)
+        out.outputs = ({"output_type": "display_data", "metadata": {},
+                        "data": {"image/png": base64.b64encode(png.getvalue()).decode("ascii"),
+                                 "text/plain": "<Figure>"}},)
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([*controls.values(), out])
+

@@ -143,14 +143,57 @@ def torchvision_view(image, t, b, aug):
     return TF.normalize(y, CIFAR10_MEAN, CIFAR10_STD)
 
 
-@pytest.mark.parametrize("aug", [ALL_ON, ALL_ON.replace(color_strength=1.5, size=40)],
-                         ids=["cifar-with-blur", "strong-colour-resize-40"])
+@pytest.mark.parametrize("aug", [ALL_ON, ALL_ON.replace(color_strength=1.5, size=40),
+                                 ALL_ON.replace(size=16)],
+                         ids=["cifar-with-blur", "strong-colour-resize-40", "downsample-16"])
 def test_batched_equals_torchvision_given_the_same_parameters(aug):
     x = images(48)
     views, t = augment_batch(x, aug, gen(1), return_params=True)
     worst = max((torchvision_view(x[b], t, b, aug) - views[b]).abs().max().item()
                 for b in range(len(x)))
     assert worst < 1e-4
+
+
+CROP_ONLY = SimCLRAugment(color_p=0.0, gray_p=0.0, blur_p=0.0, normalize=False)
+
+
+def torchvision_crops(x, t, size, antialias=True):
+    """Every image's crop box resized by torchvision, one image at a time, mirrored where
+    t["flip"]: (B, 3, size, size) in [0, 1]."""
+    out = []
+    for b in range(len(x)):
+        y = TF.resized_crop(x[b].float() / 255, int(t["top"][b]), int(t["left"][b]),
+                            int(t["height"][b]), int(t["width"][b]), [size, size],
+                            antialias=antialias)
+        out.append(TF.horizontal_flip(y) if t["flip"][b] else y)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("size", [16, 24, 32, 40])
+def test_crop_equals_torchvision_resized_crop_antialiased(size):
+    """Crop + flip alone: image by image, torchvision's antialiased resized_crop. Below 32
+    pixels most boxes are shrunk (where a resize without antialias differs), at 40 all grow."""
+    aug = CROP_ONLY.replace(size=size)
+    x = images(64, seed=size)
+    views, t = augment_batch(x, aug, gen(size), return_params=True)
+    if size < 32:  # the draws hold boxes both larger and smaller than the view
+        assert (t["height"] > size).any() and (t["height"] < size).any()
+    assert t["flip"].any() and not t["flip"].all()
+    worst = (torchvision_crops(x, t, size) - views).abs().amax((1, 2, 3))  # (B,)
+    assert worst.max().item() < 1e-5
+
+
+def test_negative_control_a_resize_without_antialias_differs_from_the_views():
+    """The tolerance above separates the two resizes: shrinking without antialias (what the
+    crop did before, with grid_sample) is far from the views at 16 pixels."""
+    aug = CROP_ONLY.replace(size=16)
+    x = images(64, seed=16)
+    views, t = augment_batch(x, aug, gen(16), return_params=True)
+    plain = (torchvision_crops(x, t, 16, antialias=False) - views).abs().amax((1, 2, 3))
+    shrunk = (t["height"] > 16) | (t["width"] > 16)
+    assert plain[shrunk].min().item() > 1e-2  # every shrunk box: 1000x the tolerance
+    assert plain.max().item() > 0.1
+    assert plain[~shrunk].max().item() < 1e-5  # growing a box, the two resizes agree
 
 
 # --- same law as torchvision's own parameter sampling ------------------------------------------

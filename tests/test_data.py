@@ -1,4 +1,5 @@
 import os
+import re
 import urllib.error
 from pathlib import Path
 
@@ -8,8 +9,9 @@ import torch
 from PIL import Image
 
 from clr_lib import data
-from clr_lib.config import get_config
-from clr_lib.data import DatasetError, load_dataset, load_splits, make_synthetic
+from clr_lib.config import UserError, get_config
+from clr_lib.data import (DatasetError, ImageData, atomic_write, balanced_subset, load_dataset,
+                          load_splits, make_synthetic)
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +72,105 @@ def test_stratified_split_is_deterministic_disjoint_and_stratified():
         data.stratified_split(d, 0.0)
 
 
+def val_mask_before_the_refactor(labels, fraction, seed, num_classes):
+    """The validation split as data.stratified_mask drew it before balanced_subset took over:
+    one generator, the classes in order, a random permutation of each, its first
+    round(len * fraction) images, clamped to [1, len - 1] for a class of two or more."""
+    g = torch.Generator().manual_seed(seed)
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n = min(max(n, 1), len(idx) - 1)
+        held[idx[:n]] = True
+    return held
+
+
+def tagged(labels):
+    """ImageData whose image k is the number k, so a split says which images it holds."""
+    return ImageData(torch.arange(len(labels)).view(-1, 1, 1, 1), labels, [str(c) for c in
+                                                                          range(10)])
+
+
+@pytest.mark.parametrize("sizes", [[100] * 10, [1, 2, 3, 5, 9, 10, 14, 15, 26, 40]],
+                         ids=["balanced", "uneven"])
+def test_val_split_is_the_same_images_as_before_the_refactor(sizes):
+    labels = torch.arange(10).repeat_interleave(torch.tensor(sizes))
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(9))]
+    train, val = data.stratified_split(tagged(labels), 0.1, seed=0)
+    expected = torch.nonzero(val_mask_before_the_refactor(labels, 0.1, 0, 10)).flatten()
+    assert torch.equal(val.images.flatten(), expected)
+    assert torch.equal(train.images.flatten(),
+                       torch.nonzero(~val_mask_before_the_refactor(labels, 0.1, 0, 10)).flatten())
+
+
+def test_synthetic_val_split_is_the_same_images_as_before_the_refactor():
+    splits = load_dataset("synthetic", max_per_class=30, seed=0)
+    full = make_synthetic(300, seed=0)  # what load_dataset draws for 30 per class
+    held = val_mask_before_the_refactor(full.labels, 0.1, 0, 10)
+    assert torch.equal(splits.val.images, full.images[held])
+    assert torch.equal(splits.train.labels, full.labels[~held])
+
+
+# ----------------------------------------------------------------------------- balanced_subset
+
+def shuffled_labels(sizes, seed=5):
+    """Labels of len(sizes) classes, sizes[c] images of class c, in a random order."""
+    labels = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+
+
+def counts(labels, index, classes=10):
+    return torch.bincount(labels[index], minlength=classes).tolist()
+
+
+def test_balanced_subset_takes_a_fraction_or_a_number_of_every_class():
+    labels = shuffled_labels(range(10, 110, 10))  # 10, 20, ..., 100 images per class
+    assert counts(labels, balanced_subset(labels, 0.1)) == list(range(1, 11))
+    assert counts(labels, balanced_subset(labels, 0.5)) == list(range(5, 55, 5))
+    assert counts(labels, balanced_subset(labels, 3)) == [3] * 10
+    assert counts(labels, balanced_subset(labels, 15)) == [10] + [15] * 9  # class 0 has 10
+    assert torch.equal(balanced_subset(labels, 1.0), torch.arange(len(labels)))
+    index = balanced_subset(labels, 0.3, seed=2)
+    assert index.dtype == torch.int64 and torch.equal(index, index.unique())  # sorted, distinct
+
+
+def test_balanced_subset_at_least_one_but_below_1_never_all_of_a_class():
+    labels = shuffled_labels([1, 2, 3, 10])
+    assert counts(labels, balanced_subset(labels, 0.01), 4) == [0, 1, 1, 1]  # one left out
+    assert counts(labels, balanced_subset(labels, 0.9), 4) == [0, 1, 2, 9]
+    assert counts(labels, balanced_subset(labels, 0.99), 4) == [0, 1, 2, 9]
+    assert counts(labels, balanced_subset(labels, 1.0), 4) == [1, 2, 3, 10]
+    assert counts(labels, balanced_subset(labels, 2), 4) == [1, 2, 2, 2]
+
+
+def test_balanced_subset_nests_for_one_seed_and_follows_the_seed():
+    labels = shuffled_labels(range(10, 110, 10))
+    one, ten, half = (set(balanced_subset(labels, f, seed=0).tolist()) for f in (0.01, 0.1, 0.5))
+    assert one < ten < half  # 1% inside 10% inside 50%
+    assert set(balanced_subset(labels, 3).tolist()) < set(balanced_subset(labels, 15).tolist())
+    assert torch.equal(balanced_subset(labels, 1), balanced_subset(labels, 0.01))  # 1 a class
+    assert torch.equal(balanced_subset(labels, 0.1, seed=0), balanced_subset(labels, 0.1, seed=0))
+    assert not torch.equal(balanced_subset(labels, 0.1, seed=0),
+                           balanced_subset(labels, 0.1, seed=1))
+
+
+def test_balanced_subset_of_a_number_is_max_per_class_as_before_the_refactor():
+    labels = shuffled_labels(range(10, 110, 10))
+    g = torch.Generator().manual_seed(4)  # data._random_per_class, as it was
+    before = [torch.nonzero(labels == c).flatten() for c in labels.unique()]
+    before = torch.cat([i[torch.randperm(len(i), generator=g)[:12]] for i in before]).sort().values
+    assert torch.equal(balanced_subset(labels, 12, seed=4), before)
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5, 2.0, float("nan"), 0, -3, True, "0.1", None])
+def test_balanced_subset_refuses_a_bad_share(share):
+    with pytest.raises(UserError, match="share is .*fraction in \\(0, 1\\] or a whole number"):
+        balanced_subset(torch.tensor([0, 0, 1, 1]), share)
+
+
 # ----------------------------------------------------------------------------- ImageFolder
 
 def test_image_folder_loads_and_caches(tmp_path, monkeypatch):
@@ -104,8 +205,9 @@ def test_data_dir_argument_then_environment_then_default(tmp_path, monkeypatch):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(DatasetError, match="does not exist.*CLR_DATA_DIR"):
+    with pytest.raises(DatasetError, match="does not exist.*CLR_DATA_DIR") as e:
         load_dataset("folder", tmp_path / "nowhere")
+    assert isinstance(e.value, UserError)  # the CLIs print it as one line, exit 2
 
 
 def test_empty_folder(tmp_path):
@@ -120,10 +222,14 @@ def test_folder_without_class_subfolders(tmp_path):
         load_dataset("folder", tmp_path)
 
 
-def test_class_folders_without_files(tmp_path):
-    (tmp_path / "train" / "cat").mkdir(parents=True)
-    with pytest.raises(DatasetError, match="no files in them"):
-        load_dataset("folder", tmp_path)
+def test_a_class_folder_without_files_is_named(tmp_path):
+    root = write_folder(tmp_path, classes=("cat",), per_class=3)
+    (root / "train" / "dog").mkdir()
+    (root / "train" / "dog" / ".DS_Store").write_bytes(b"")  # hidden files do not count
+    with pytest.raises(DatasetError, match="hold no files") as e:
+        load_dataset("folder", root)
+    assert str(root / "train" / "dog") in str(e.value)
+    assert str(root / "train" / "cat") not in str(e.value)
 
 
 def test_corrupt_and_non_image_files_are_skipped_and_counted(tmp_path):
@@ -135,11 +241,16 @@ def test_corrupt_and_non_image_files_are_skipped_and_counted(tmp_path):
     assert len(splits.train) + len(splits.val) == 10
 
 
-def test_only_corrupt_files(tmp_path):
-    (tmp_path / "train" / "cat").mkdir(parents=True)
-    (tmp_path / "train" / "cat" / "a.jpg").write_bytes(b"nope")
-    with pytest.warns(UserWarning), pytest.raises(DatasetError, match="No readable images"):
-        load_dataset("folder", tmp_path)
+def test_a_class_folder_of_unreadable_files_is_named(tmp_path):
+    root = write_folder(tmp_path, classes=("cat",), per_class=3)
+    (root / "train" / "dog").mkdir()
+    (root / "train" / "dog" / "a.jpg").write_bytes(b"nope")
+    (root / "train" / "dog" / "b.png").write_text("not a png")
+    with pytest.warns(UserWarning, match="Skipped 2 file"), \
+            pytest.raises(DatasetError, match="no readable image in the class folder") as e:
+        load_dataset("folder", root)
+    assert str(root / "train" / "dog") in str(e.value)
+    assert str(root / "train" / "cat") not in str(e.value)
 
 
 def test_mixed_sizes_are_resized_and_said_once(tmp_path):
@@ -182,19 +293,61 @@ def test_cifar10_missing_without_download(tmp_path):
         load_dataset("cifar10", tmp_path, download=False)
 
 
-def test_auto_without_data_and_without_download_uses_synthetic(tmp_path):
-    with pytest.warns(UserWarning, match="using the synthetic dataset"):
-        splits = load_dataset("auto", tmp_path, download=False, max_per_class=20)
-    assert splits.source == "synthetic"
-
-
-def test_smoke_profile_never_downloads(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLR_DATA_DIR", str(tmp_path))
+@pytest.fixture
+def no_download(monkeypatch):
     import torchvision.datasets.cifar as cifar
     monkeypatch.setattr(cifar, "download_and_extract_archive",
                         lambda *a, **k: pytest.fail("the smoke profile tried to download"))
+
+
+@pytest.fixture
+def empty_project(tmp_path, monkeypatch):
+    """No folder named, and a project whose data/ folder holds nothing."""
+    monkeypatch.delenv("CLR_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "project_dir", lambda: tmp_path / "project")
+    return tmp_path / "project"
+
+
+def test_auto_without_data_and_without_download_uses_synthetic(empty_project, no_download):
+    assert data.resolve_data_dir() == empty_project / "data"
+    with pytest.warns(UserWarning, match="using the synthetic dataset"):
+        splits = load_dataset("auto", download=False, max_per_class=20)
+    assert splits.source == "synthetic" and len(splits.train) + len(splits.val) == 200
+
+
+def test_smoke_profile_never_downloads(empty_project, no_download):
     with pytest.warns(UserWarning, match="synthetic"):
         assert load_splits(get_config("smoke")).source == "synthetic"
+
+
+@pytest.mark.parametrize("how", ["argument", "CLR_DATA_DIR"])
+def test_a_named_data_folder_that_does_not_exist_is_an_error(tmp_path, monkeypatch, how,
+                                                            no_download):
+    missing = tmp_path / "nowhere"
+    if how == "argument":
+        cfg = get_config("smoke", data_dir=str(missing))
+    else:
+        monkeypatch.setenv("CLR_DATA_DIR", str(missing))
+        cfg = get_config("smoke")
+    assert cfg.download is False
+    message = re.escape(f"the data folder {missing} does not exist: ")
+    with pytest.raises(DatasetError, match=message):
+        load_splits(cfg)  # not the synthetic set: the user meant a folder
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("how", ["argument", "CLR_DATA_DIR"])
+def test_a_named_data_folder_without_a_dataset_is_an_error(tmp_path, monkeypatch, how,
+                                                           no_download):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cat.png").write_bytes(b"")  # images, but not in train/<class>/
+    if how == "argument":
+        cfg = get_config("smoke", data_dir=str(tmp_path / "images"))
+    else:
+        monkeypatch.setenv("CLR_DATA_DIR", str(tmp_path / "images"))
+        cfg = get_config("smoke")
+    with pytest.raises(DatasetError, match="holds neither CIFAR-10 nor a train/ folder"):
+        load_splits(cfg)
 
 
 @pytest.mark.skipif(not (data.resolve_data_dir() / "train").is_dir(),
@@ -203,3 +356,45 @@ def test_real_image_folder_in_the_smoke_profile():
     splits = load_splits(get_config("smoke"))
     assert splits.source == "folder" and len(splits.classes) >= 2
     assert splits.train.images.dtype == torch.uint8 and splits.train.images.shape[1] == 3
+
+
+# ----------------------------------------------------------------------------- atomic_write
+
+def test_atomic_write_writes_the_file_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "sub" / "record.bin"  # its folder is created
+    atomic_write(target, lambda f: f.write(b"new contents"))
+    assert target.read_bytes() == b"new contents"
+    assert [p.name for p in target.parent.iterdir()] == ["record.bin"]
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["replacing", "new"])
+def test_atomic_write_that_fails_leaves_the_old_file_and_no_temporary_file(tmp_path, existing):
+    target = tmp_path / "checkpoint.pt"
+    if existing:
+        target.write_bytes(b"old contents")
+
+    def killed_half_way(f):
+        f.write(b"half of the new")
+        f.flush()
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of torch.save
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, killed_half_way)
+    assert [p.name for p in tmp_path.iterdir()] == (["checkpoint.pt"] if existing else [])
+    if existing:
+        assert target.read_bytes() == b"old contents"
+
+
+def test_atomic_write_whose_rename_fails_leaves_the_old_file_and_no_temporary_file(
+        tmp_path, monkeypatch):
+    target = tmp_path / "history.json"
+    target.write_bytes(b"old contents")
+
+    def disk_error(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_error)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, lambda f: f.write(b"new contents"))
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+    assert target.read_bytes() == b"old contents"

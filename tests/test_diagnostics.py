@@ -44,6 +44,57 @@ def test_positive_rank_by_hand():
     assert positive_topk(z_i, z_j, ks=(1, 3)) == {"top1": pytest.approx(5 / 6), "top3": 1.0}
 
 
+def cosines(z_i, z_j):
+    """The (2N, 2N) cosine similarities of [z_i; z_j] in float64, entry by entry."""
+    z = torch.cat([z_i, z_j]).double()
+    return [[(a @ b / (a.norm() * b.norm())).item() for b in z] for a in z]
+
+
+def positive_rank_reference(z_i, z_j):
+    """For each anchor a, the candidates c (not a, not its positive p) at least as similar
+    to a as p is."""
+    n, sim = len(z_i), cosines(z_i, z_j)
+    ranks = []
+    for a in range(2 * n):
+        p = (a + n) % (2 * n)
+        ranks.append(sum(sim[a][c] >= sim[a][p] for c in range(2 * n) if c not in (a, p)))
+    return ranks
+
+
+def hard_negative_share_reference(z_i, z_j, tau, fraction):
+    """Per anchor: softmax(sim / tau) over its 2N - 2 negatives, the weight of its
+    round(fraction (2N - 2)) heaviest (at least one); the mean over the 2N anchors."""
+    n, sim = len(z_i), cosines(z_i, z_j)
+    k = max(1, round(fraction * (2 * n - 2)))
+    shares = []
+    for a in range(2 * n):
+        neg = [math.exp(sim[a][c] / tau) for c in range(2 * n) if c not in (a, (a + n) % (2 * n))]
+        shares.append(sum(sorted(neg, reverse=True)[:k]) / sum(neg))
+    return sum(shares) / len(shares)
+
+
+@pytest.mark.parametrize("noise", [0.1, 1.0, 3.0])
+def test_positive_rank_matches_a_loop_over_the_candidates(noise):
+    g = torch.Generator().manual_seed(int(noise * 10))
+    z_i = torch.randn(12, 6, generator=g)
+    z_j = z_i + noise * torch.randn(12, 6, generator=g)
+    rank = positive_rank(z_i, z_j)
+    expected = positive_rank_reference(z_i, z_j)
+    assert rank.tolist() == expected
+    assert positive_topk(z_i, z_j, ks=(1, 3)) == {
+        "top1": pytest.approx(sum(r < 1 for r in expected) / 24),
+        "top3": pytest.approx(sum(r < 3 for r in expected) / 24)}
+
+
+@pytest.mark.parametrize("tau, fraction", [(0.05, 0.1), (0.5, 0.1), (5.0, 0.3), (0.2, 0.01)])
+def test_hard_negative_share_matches_a_loop_over_the_anchors(tau, fraction):
+    g = torch.Generator().manual_seed(11)
+    z_i = torch.randn(10, 5, generator=g)
+    z_j = z_i + 0.5 * torch.randn(10, 5, generator=g)
+    expected = hard_negative_share_reference(z_i, z_j, tau, fraction)
+    assert hard_negative_share(z_i, z_j, tau, fraction) == pytest.approx(expected, rel=1e-5)
+
+
 def test_positive_rank_is_0_for_perfect_pairs_and_last_when_collapsed(z):
     assert positive_rank(z, z).eq(0).all()
     ones = torch.ones(8, 4)

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -11,8 +12,9 @@ from PIL import Image
 
 from clr_lib import evaluate as E
 from clr_lib.augment import normalize
-from clr_lib.checkpoint import save_checkpoint
-from clr_lib.config import get_config
+from clr_lib.checkpoint import CheckpointError, save_checkpoint
+from clr_lib.config import UserError, get_config
+from clr_lib.data import DatasetError
 from clr_lib.models import build_model
 
 
@@ -55,9 +57,11 @@ def test_features_at_another_size_are_those_of_the_resized_images():
                                   E.extract_features(model, images), atol=1e-3)
         assert torch.equal(E.extract_features(model, images, size=32),
                            E.extract_features(model, images))  # already that size: untouched
-    for bad in (0, 4, 28.0, "28"):
-        with pytest.raises(ValueError, match="whole number of pixels >= 8"):
+    for bad in (0, 4, -28, 28.0, "28", True):
+        with pytest.raises(UserError, match=re.escape(f"size is {bad!r}: give a whole number "
+                                                      "of pixels >= 8")):
             E.extract_features(model, images, size=bad)
+    assert E.extract_features(model, images, size=8).shape == (5, 32)  # the smallest allowed
 
 
 # ----------------------------------------------------------------------------- kNN
@@ -90,7 +94,46 @@ def test_knn_weights_close_neighbours_more_than_many_far_ones():
     query = torch.tensor([[1.0, 0.05]])
     assert E.knn_predict(bank, labels, query, 2, k=4, t=0.1).item() == 0  # exp(10) wins
     assert E.knn_predict(bank, labels, query, 2, k=4, t=100.0).item() == 1  # a plain vote
-    assert E.knn_accuracy(bank, labels, bank, labels, k=1) == 1.0
+    held_out = torch.tensor([[0.9, -0.2], [-0.3, 1.0], [0.2, 2.0]])  # not in the bank
+    assert E.knn_predict(bank, labels, held_out, 2, k=1).tolist() == [0, 1, 1]
+    assert E.knn_accuracy(bank, labels, held_out, torch.tensor([0, 1, 1]), k=1) == 1.0
+
+
+def cosine_clusters(n_per_class, seed, classes=4, dims=8):
+    """Points around ``classes`` orthogonal directions (far apart in cosine similarity)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat(n_per_class)
+    points = torch.eye(classes, dims)[labels] * 5 + torch.randn(len(labels), dims, generator=g)
+    return points, labels
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_knn_classifies_fresh_points_of_the_clusters(k):
+    bank, bank_labels = cosine_clusters(15, seed=0)
+    queries, query_labels = cosine_clusters(10, seed=1)  # held out: none of them in the bank
+    assert E.knn_accuracy(bank, bank_labels, queries, query_labels, k=k) == 1.0
+    # the votes come from the bank's labels: relabel the bank and every answer moves with it
+    assert E.knn_accuracy(bank, (bank_labels + 1) % 4, queries, query_labels, k=k) == 0.0
+    assert torch.equal(E.knn_predict(bank, (bank_labels + 1) % 4, queries, 4, k=k),
+                       (query_labels + 1) % 4)
+
+
+def devices():
+    out = ["cpu", "meta"]  # meta: shapes and devices without data, so without a GPU
+    return out + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", devices())
+def test_knn_votes_are_built_on_the_features_device(device):
+    """The labels may sit on the CPU (splits keep them there); the votes and the prediction
+    are on the features' device. On meta the former CPU-built votes gave a CPU answer."""
+    g = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(30, 6, generator=g), torch.randn(7, 6, generator=g)
+    labels = torch.randint(0, 3, (30,), generator=g)
+    pred = E.knn_predict(bank.to(device), labels, queries.to(device), 3, k=5, chunk=4)
+    assert pred.device.type == device and pred.shape == (7,) and pred.dtype == torch.int64
+    if device != "meta":
+        assert torch.equal(pred.cpu(), knn_reference(bank, labels, queries, 3, 5, 0.1))
 
 
 def test_nearest_neighbours_are_sorted_by_cosine_similarity():
@@ -149,20 +192,6 @@ def test_probe_chooses_the_weight_decay_on_the_selection_split():
     one_each = E.linear_probe(x[::30], y[::30])  # one image per class: nothing to hold out
     assert one_each.selected_on.startswith("none") and one_each.weight_decay == 1e-3
     assert E.accuracy(one_each.probe, x[::30], y[::30]) == 1.0
-
-
-def test_balanced_subset_is_per_class_deterministic_and_nested():
-    labels = torch.arange(10).repeat_interleave(torch.arange(10, 110, 10))  # 10..100 per class
-    one = E.balanced_subset(labels, 0.01, seed=0)
-    ten = E.balanced_subset(labels, 0.1, seed=0)
-    assert torch.bincount(labels[one], minlength=10).tolist() == [1] * 10  # at least one
-    assert torch.bincount(labels[ten], minlength=10).tolist() == list(range(1, 11))
-    assert torch.equal(ten, E.balanced_subset(labels, 0.1, seed=0))
-    assert not torch.equal(ten, E.balanced_subset(labels, 0.1, seed=1))
-    assert set(one.tolist()) <= set(ten.tolist())
-    assert torch.equal(E.balanced_subset(labels, 1.0), torch.arange(len(labels)))
-    with pytest.raises(ValueError, match="fraction"):
-        E.balanced_subset(labels, 0.0)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -229,18 +258,25 @@ def test_cli_evaluates_at_the_checkpoints_eval_size_unless_told(tmp_path, capsys
                    "--eval-size", "none")["eval_size"] == 32
     assert run_cli(capsys, path, "--data-dir", data, "--split", "val",
                    "--eval-size", "36")["eval_size"] == 36
-    assert sizes == [24, 24, None, None, 36, 36]  # train, then val, each time
-    assert "--eval-size must be None" in cli_error(path, "--data-dir", data, "--split", "val",
-                                                    "--eval-size", "2")
-    with pytest.raises(SystemExit):
-        E.main([str(path), "--data-dir", str(data), "--eval-size", "big"])
-    assert "whole number of pixels (e.g. 28) or 'none', not 'big'" in capsys.readouterr().err
-
-
-def cli_error(checkpoint, *argv) -> str:
+    assert run_cli(capsys, path, "--data-dir", data, "--split", "val",
+                   "--eval-size", "None")["eval_size"] == 32
+    assert sizes == [24, 24, None, None, 36, 36, None, None]  # train, then val, each time
+    message = cli_error(path, "--data-dir", data, "--split", "val", "--eval-size", "2")
+    assert message.startswith("eval_size is 2: it takes a whole number >= 8")
+    assert len(sizes) == 8  # refused before any feature was taken
     with pytest.raises(SystemExit) as e:
+        E.main([str(path), "--data-dir", str(data), "--eval-size", "big"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("error: argument --eval-size: takes a whole "
+                                       "number or none, not 'big': see python -m "
+                                       "clr_lib.evaluate --help\n")
+
+
+def cli_error(checkpoint, *argv, error=UserError) -> str:
+    """The message of the UserError the CLI's main raises (cli.run prints it as one line)."""
+    with pytest.raises(error) as e:
         E.main([str(checkpoint), *map(str, argv)])
-    return str(e.value.code)
+    return str(e.value)
 
 
 def test_evaluate_model_of_an_encoder_alone_reports_h_only():
@@ -256,21 +292,29 @@ def test_evaluate_model_of_an_encoder_alone_reports_h_only():
 
 def test_cli_errors_say_what_is_wrong(tmp_path, checkpoint):
     data = write_folder(tmp_path / "data", splits=("train",))
-    assert "No checkpoint at" in cli_error(tmp_path / "nope.pt", "--data-dir", data)
+    missing = tmp_path / "nope.pt"
+    assert cli_error(missing, "--data-dir", data, error=CheckpointError).startswith(
+        f"there is no checkpoint at {missing}: ")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    assert "not a clr_lib checkpoint" in cli_error(foreign, "--data-dir", data)
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_text("not a checkpoint")
-    assert "not a readable PyTorch checkpoint" in cli_error(garbage, "--data-dir", data)
-    assert "use --split val" in cli_error(checkpoint, "--data-dir", data, "--split", "test")
-    assert "is not a folder" in cli_error(checkpoint, "--data-dir", tmp_path / "missing")
+    assert "is a PyTorch file but not a clr_lib checkpoint" in cli_error(
+        foreign, "--data-dir", data, error=CheckpointError)
+    garbage = tmp_path / "garbage.pt"  # half a checkpoint, as a killed writer once left
+    garbage.write_bytes(checkpoint.read_bytes()[:2000])
+    assert f"{garbage} is not a PyTorch checkpoint" in cli_error(garbage, "--data-dir", data,
+                                                                 error=CheckpointError)
+    assert "has no test split" in cli_error(checkpoint, "--data-dir", data, "--split", "test",
+                                            error=DatasetError)
+    assert "report the validation split with --split val" in cli_error(
+        checkpoint, "--data-dir", data, "--split", "test")
+    assert f"the data folder {tmp_path / 'missing'} does not exist" in cli_error(
+        checkpoint, "--data-dir", tmp_path / "missing", error=DatasetError)
     other = write_folder(tmp_path / "other", classes=["ant", "bee", "cow"], splits=("train",))
-    message = cli_error(checkpoint, "--data-dir", other, "--split", "val")
+    message = cli_error(checkpoint, "--data-dir", other, "--split", "val", error=DatasetError)
     assert "differ from the checkpoint's" in message and "'ant'" in message
     tiny = write_folder(tmp_path / "tiny", per_class=1, splits=("train",))  # val: 0 images
-    assert "val split" in cli_error(checkpoint, "--data-dir", tiny, "--split", "val")
-    assert "empty" in cli_error(checkpoint, "--data-dir", tiny, "--split", "val")
+    message = cli_error(checkpoint, "--data-dir", tiny, "--split", "val", error=DatasetError)
+    assert message.startswith("the val split of ") and " is empty: " in message
 
 
 def test_cli_runs_as_a_module(tmp_path, checkpoint):

@@ -7,14 +7,23 @@ import torch
 from torch import nn
 
 from clr_lib import experiments as E
-from clr_lib.config import get_config
+from clr_lib.augment import SimCLRAugment, normalize, two_views
+from clr_lib.config import UserError, get_config
 
 
 @pytest.fixture
 def synthetic(monkeypatch, tmp_path):
-    """Cells of the smoke grid on the synthetic set (no data folder), results in tmp_path."""
-    monkeypatch.setenv("CLR_DATA_DIR", str(tmp_path / "no-data-here"))
+    """Cells of the smoke grid on the synthetic set, whatever data/ holds; results in
+    tmp_path."""
+    monkeypatch.delenv("CLR_DATA_DIR", raising=False)
+    monkeypatch.setitem(E.GRIDS["smoke"], "base", dict(dataset="synthetic"))
+    monkeypatch.setitem(E.GRIDS["smoke"], "train_images", 300)  # of 900: quicker cells
     return tmp_path / "results"
+
+
+def is_share_of(value, n):
+    """value is k / n for a whole number k: a share of n images."""
+    return 0 <= value <= 1 and value * n == pytest.approx(round(value * n), abs=1e-4)
 
 
 def test_the_laptop_grids():
@@ -55,9 +64,11 @@ def test_the_committed_laptop_results_match_the_grid_as_it_is_now():
 
 
 def test_unknown_finding_or_profile():
-    with pytest.raises(ValueError, match="Unknown finding 'colour'"):
+    with pytest.raises(UserError, match="^unknown finding 'colour': choose one of augmentations, "
+                                        "head, temperature, batch_size, or all"):
         E.grid("colour")
-    with pytest.raises(ValueError, match="No grid for profile 'tiny'"):
+    with pytest.raises(UserError, match="^there is no grid for profile 'tiny': choose one of "
+                                        "gpu, laptop, smoke"):
         E.grid("head", "tiny")
 
 
@@ -74,11 +85,15 @@ def test_a_grid_runs_from_the_cli_writes_one_json_per_cell_and_resumes(synthetic
         r = json.loads(E.cell_path(synthetic, cell).read_text())
         assert r["finding"] == "head" and r["profile"] == "smoke" and r["diverged"] is None
         for key in ("linear_top1", "linear_top1_z", "knn_top1", "knn_top1_z"):
-            assert 0.0 <= r["metrics"][key] <= 1.0
-        assert r["steps"] > 0 and r["train_images"] > 0 and r["val_images"] > 0
+            assert is_share_of(r["metrics"][key], r["val_images"]), (key, r["metrics"])
+        assert r["val_images"] == 100 and r["train_images"] == 300  # 30 and 10 a class
+        assert r["steps"] == 300 // 128  # one epoch
         assert r["seconds"]["train"] > 0 and r["seconds"]["measure"] >= 0
         assert {"cpu", "cores", "torch", "device"} <= set(r["machine"])
         assert r["config"]["head"] == cell.overrides["head"] and r["seed"] == 0
+    none = json.loads(E.cell_path(synthetic, cells[0]).read_text())["metrics"]
+    assert cells[0].overrides["head"] == "none"  # z is h: the same features, the same scores
+    assert (none["knn_top1"], none["linear_top1"]) == (none["knn_top1_z"], none["linear_top1_z"])
     ran = []
 
     def stub(cell, *args, **kwargs):
@@ -115,36 +130,83 @@ def test_a_record_of_another_grid_stops_with_a_clear_error(synthetic):
         E.run_grid("head", "smoke", synthetic, progress=False)
 
 
-def test_supervised_and_temperature_cells(synthetic):
+def contrastive_recount(model, images, cfg, seed=0):
+    """The share of anchors whose most similar other view is their positive, over up to 8
+    batches of cfg.batch_size images, similarities in float64: the paper's contrastive acc."""
+    gen, aug = torch.Generator().manual_seed(seed), SimCLRAugment.from_config(cfg)
+    n = min(cfg.batch_size, len(images))
+    hits = count = 0
+    with torch.no_grad():
+        for b in range(min(len(images) // n, 8)):
+            x_i, x_j = two_views(images[b * n:(b + 1) * n], aug, gen)  # the same draws
+            z = model(torch.cat([x_i, x_j]))[1].double()  # (2n, d)
+            if cfg.l2_normalize:
+                z = z / z.norm(dim=1, keepdim=True)
+            sim = z @ z.T
+            sim.fill_diagonal_(-float("inf"))
+            partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])  # k <-> k + n
+            hits += int((sim.argmax(1) == partner).sum())
+            count += 2 * n
+    return hits, count
+
+
+def test_supervised_and_temperature_cells(synthetic, monkeypatch):
+    built, trained = [], []
+    real_build, real_supervised = E.build_model, E.train_supervised
+    monkeypatch.setattr(E, "build_model", lambda cfg: built.append(real_build(cfg)) or built[-1])
+    monkeypatch.setattr(E, "train_supervised", lambda *a, **k: trained.append(
+        real_supervised(*a, **k)) or trained[-1])
     splits = E.grid_splits("smoke")
+    val = splits.val
     sup = next(c for c in E.grid("batch_size", "smoke") if c.kind == "supervised")
     r = E.run_cell(sup, "smoke", splits)
-    assert 0.0 <= r["metrics"]["top1"] <= 1.0
-    assert r["config"]["batch_size"] == sup.overrides["batch_size"]
+    assert r["config"]["batch_size"] == sup.overrides["batch_size"] and r["diverged"] is None
+    model = trained[0][0].eval()
+    with torch.no_grad():
+        hits = int((model(normalize(val.images)).argmax(1) == val.labels).sum())
+    assert r["metrics"]["top1"] == pytest.approx(hits / len(val), abs=1e-6)  # a float32 mean
+
     dot = next(c for c in E.grid("temperature", "smoke") if not c.overrides.get(
         "l2_normalize", True))
     r = E.run_cell(dot, "smoke", splits)
-    assert r["config"]["l2_normalize"] is False
-    assert r["diverged"] or 0.0 <= r["metrics"]["contrastive_top1"] <= 1.0
+    assert r["config"]["l2_normalize"] is False and r["diverged"] is None
+    cfg = E.base_config("smoke", **dot.overrides)
+    hits, count = contrastive_recount(built[0], val.images, cfg)
+    assert count == 200  # one batch of the 100 validation images, two views each
+    assert r["metrics"]["contrastive_top1"] == pytest.approx(hits / count, abs=1e-12)
 
 
 class _Echo(nn.Module):
-    """z = the view itself, flattened; or noise that ignores the view."""
-
-    def __init__(self, noise: bool = False):
-        super().__init__()
-        self.noise = noise
+    """z = the view itself, flattened."""
 
     def forward(self, x):
-        z = torch.randn(len(x), 64) if self.noise else x.flatten(1)
+        z = x.flatten(1)
+        return z, z
+
+
+class _Projection(nn.Module):
+    """z = a fixed random projection of the view."""
+
+    def __init__(self, pixels: int, dim: int = 16):
+        super().__init__()
+        self.w = torch.randn(pixels, dim, generator=torch.Generator().manual_seed(1))
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w
         return z, z
 
 
 @pytest.mark.parametrize("l2", [True, False])
 def test_contrastive_accuracy(l2):
-    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
     cfg = get_config("smoke", batch_size=32, image_size=8, l2_normalize=l2, **E.ALL_OFF)
     # identical views (every op off): each anchor's nearest other view is its positive
     assert E.contrastive_accuracy(_Echo(), images, cfg, "cpu") == 1.0
-    torch.manual_seed(0)  # embeddings that ignore the image: about 1 / (2N - 1)
-    assert E.contrastive_accuracy(_Echo(noise=True), images, cfg, "cpu") < 0.2
+    # real augmentations and a fixed projection: the share a float64 recount finds
+    cfg = get_config("smoke", batch_size=32, image_size=8, l2_normalize=l2)
+    model = _Projection(3 * 8 * 8)
+    hits, count = contrastive_recount(model, images, cfg)
+    assert count == 128 and 0 < hits < count  # two batches of 32 images, two views each
+    assert E.contrastive_accuracy(model, images, cfg, "cpu") == pytest.approx(hits / count,
+                                                                              abs=1e-9)

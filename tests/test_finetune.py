@@ -37,10 +37,17 @@ def test_finetuning_is_deterministic_by_seed(data):
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-def test_a_budget_sets_the_number_of_steps(data):
-    _, history = FT.finetune(encoder(), data, budget_minutes=0.002, batch_size=8,
-                             progress=False)  # 0.12 s: the probe steps, then little more
-    assert len(history["step"]) >= 10 and history["seconds"][-1] < 10
+def test_a_budget_sets_the_number_of_steps_from_the_first_10(data, monkeypatch):
+    timed = []
+
+    def steps_in_budget(steps, seconds, budget_s):
+        timed.append((list(steps), list(seconds), budget_s))
+        return 25  # as if 25 steps fitted in the budget
+    monkeypatch.setattr(FT, "steps_in_budget", steps_in_budget)
+    _, history = FT.finetune(encoder(), data, budget_minutes=0.5, batch_size=8, progress=False)
+    seconds = history["seconds"]
+    assert timed == [([1, 10], [seconds[0], seconds[9]], 30.0)]  # once, after 10 steps
+    assert history["step"] == list(range(1, 26))
     with pytest.raises(ValueError, match="either steps or budget_minutes"):
         FT.finetune(encoder(), data, progress=False)
     with pytest.raises(ValueError, match="either steps or budget_minutes"):

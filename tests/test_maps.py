@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from clr_lib import maps
-from clr_lib.evaluate import knn_accuracy
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +15,21 @@ def clusters(n=150, dims=20, seed=0):
     labels = torch.arange(n) % 3
     centres = torch.randn(3, dims, generator=g) * 3
     return centres[labels] + torch.randn(n, dims, generator=g) * 0.5, labels
+
+
+def leave_one_out_knn(points, labels, k=5):
+    """Each point's class by a majority of its k nearest *other* points (Euclidean: the map's
+    distances), so a point never votes for itself."""
+    dist = torch.cdist(points.double(), points.double())
+    dist.fill_diagonal_(float("inf"))
+    votes = labels[dist.topk(k, largest=False).indices]  # (N, k)
+    return torch.mode(votes, dim=1).values
+
+
+def test_leave_one_out_knn_is_not_fooled_by_the_point_itself():
+    points = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [5.0, 5.0], [0.05, 0.05]])
+    labels = torch.tensor([0, 0, 0, 1, 1])  # point 4 sits among class 0
+    assert leave_one_out_knn(points, labels, k=3).tolist() == [0, 0, 0, 0, 0]
 
 
 def test_pca_matches_scikit_learn_and_fixes_signs():
@@ -43,7 +57,9 @@ def test_umap_keeps_clusters_apart_and_is_cached(tmp_path, monkeypatch):
     x, labels = clusters()
     out = maps.map_2d(x, "umap", pca_dim=10, seed=0)
     assert out.shape == (150, 2) and torch.isfinite(out).all()
-    assert knn_accuracy(out, labels, out, labels, k=5) == 1.0  # in 2-D, neighbours agree
+    assert torch.equal(leave_one_out_knn(out, labels), labels)  # in 2-D, neighbours agree
+    shuffled = labels[torch.randperm(150, generator=torch.Generator().manual_seed(0))]
+    assert (leave_one_out_knn(out, shuffled) == shuffled).float().mean() < 0.6  # control
     assert len(list((tmp_path / "cache").glob("map2d-*.npy"))) == 1
 
     def no_umap(*args):

@@ -51,6 +51,24 @@ def test_confusion_matrix_counts_and_row_shares():
     assert fig.axes[0].get_title() == "accuracy 0.67"
 
 
+def test_confusion_matrix_with_a_class_never_predicted_and_one_never_present():
+    # 5 classes: 2 is never predicted, 3 never present (but predicted), 4 neither
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 0])
+    preds = torch.tensor([0, 3, 1, 1, 1, 0, 3, 3, 0])
+    counts = confusion_matrix(labels, preds, 5)
+    assert counts.tolist() == [[2, 1, 0, 1, 0],  # true 0: two right, one as 1, one as 3
+                               [0, 2, 0, 0, 0],
+                               [1, 0, 0, 2, 0],  # true 2: never right
+                               [0, 0, 0, 0, 0],  # 3 never present: an empty row
+                               [0, 0, 0, 0, 0]]
+    assert counts.dtype == torch.int64
+    fig = plot_confusion_matrix(labels, preds, ["a", "b", "c", "d", "e"])
+    shown = fig.axes[0].images[0].get_array()
+    assert np.allclose(shown, [[0.5, 0.25, 0, 0.25, 0], [0, 1, 0, 0, 0], [1 / 3, 0, 0, 2 / 3, 0],
+                               [0] * 5, [0] * 5])  # an empty row shows zeros, not NaN
+    assert fig.axes[0].get_title() == "accuracy 0.44"  # 4 of 9
+
+
 def test_embedding_maps_side_by_side_with_a_legend_of_class_names():
     g = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 1, 2, 1, 0, 2, 2])
