@@ -6,10 +6,8 @@ Both make one view of every image of the same batch of 32x32 uint8 images (real 
 $CLR_DATA_DIR when present, else the synthetic set), with the paper's CIFAR-10 recipe: crop,
 flip, colour distortion s=0.5 (p=0.8), grayscale (p=0.2), no blur unless --blur. The per-image
 pipeline is timed as a data loader would run it: a Python loop, then ``torch.stack``. The
-figure is the median over repeats, after a warm-up. Target (issue 3): batched >= 10x on CPU.
-
-Measured on the course's shared 2-core CPU (2 threads, torch 2.14.1, CIFAR-10 JPEGs, blur off):
-per-image v2 1,459 images/s, batched 22,689 images/s, ratio 15.6x.
+figure is the median over repeats, after a warm-up. The course's target: batched >= 10x on a
+CPU. Measured figures, with the machine: docs/record.md.
 """
 
 from __future__ import annotations

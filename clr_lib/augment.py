@@ -197,21 +197,36 @@ def apply_params(images: Tensor, t: dict[str, Tensor], aug: SimCLRAugment) -> Te
     t = {k: v.to(images.device) for k, v in t.items()}
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     x = _crop_flip(x, t, aug.size)  # (B, 3, size, size) in [0, 1]
+    on_cpu = _computes_selected_only(x.device)
     for quarter_turns in (1, 2, 3) if "rotate" in t else ():
-        m = t["rotate"] == quarter_turns
-        x[m] = torch.rot90(x[m], quarter_turns, (2, 3))
-    factors = torch.stack([t[k] for k in JITTER_OPS], 1)  # (B, 4)
+        x = _on(t["rotate"] == quarter_turns, x, on_cpu,
+                lambda y: torch.rot90(y, quarter_turns, (2, 3)))
+    factors = torch.stack([t[k] for k in JITTER_OPS], 1).view(-1, 4, 1, 1, 1)  # (B, 4, 1, 1, 1)
     for step in range(4):  # a loop over the 4 positions of the order, not over images
         for k, op in enumerate((_brightness, _contrast, _saturation, _hue)):
             m = t["jitter"] & (t["order"][:, step] == k)  # images whose step-th op is k
-            x[m] = op(x[m], factors[m, k].view(-1, 1, 1, 1))
+            x = _on(m, x, on_cpu, op, factors[:, k])
     x = torch.where(t["gray"].view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-    if t["blur"].any():  # skipped at no cost when blur is off (CIFAR-10)
-        m = t["blur"]
-        x[m] = _blur(x[m], t["sigma"][m], aug.blur_kernel)
+    if aug.blur_p > 0 and (not on_cpu or t["blur"].any()):  # off on CIFAR-10
+        x = _on(t["blur"], x, on_cpu, lambda y, s: _blur(y, s, aug.blur_kernel), t["sigma"])
     if "cutout" in t:
         x = _cutout(x, t)
     return normalize(x) if aug.normalize else x
+
+
+def _computes_selected_only(device: torch.device) -> bool:
+    """On a CPU an op runs on the images it applies to only. On an accelerator it runs on
+    all of them and ``torch.where`` keeps its result where it applies: indexing with a
+    boolean mask would wait for the device to say how many images the mask selects."""
+    return device.type == "cpu"
+
+
+def _on(m: Tensor, x: Tensor, selected_only: bool, op, *per_image: Tensor) -> Tensor:
+    """x with ``op(x, *per_image)`` applied to the images the (B,) mask m selects."""
+    if selected_only:
+        x[m] = op(x[m], *(a[m] for a in per_image))
+        return x
+    return torch.where(m.view(-1, 1, 1, 1), op(x, *per_image), x)
 
 
 def augment_batch(images: Tensor, aug: SimCLRAugment | None = None,

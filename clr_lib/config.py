@@ -237,14 +237,22 @@ def pick_device(name: str = "auto") -> torch.device:
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    if (name.startswith("cuda") and not torch.cuda.is_available()) or (name == "mps" and not mps):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device {name!r} is not a device name: use auto, cpu, cuda, cuda:N "
+                        "or mps") from None
+    if ((device.type == "cuda" and not (torch.cuda.is_available() and
+                                         (device.index or 0) < torch.cuda.device_count()))
+            or (device.type == "mps" and not mps)):
         raise UserError(f"device {name!r} is not available here: use device 'auto' or 'cpu'")
-    return torch.device(name)
+    return device
 
 
 def use_bf16(cfg: Config, device: torch.device) -> bool:
     """bf16 autocast on CUDA, and on CPUs with AMX tiles, where oneDNN runs bf16 convolutions
-    2-3x faster than float32; other CPUs stay in float32. ``cfg.bf16`` overrides."""
+    several times faster than float32 (docs/record.md); other CPUs stay in float32.
+    ``cfg.bf16`` overrides."""
     if cfg.bf16 is not None:
         return cfg.bf16
     return device.type == "cuda" or (device.type == "cpu" and torch.cpu._is_amx_tile_supported())

@@ -212,14 +212,15 @@ def _load_cifar10(root: Path, download: bool) -> tuple[ImageData, ImageData, str
         train, test = one(True), one(False)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DatasetError(
-            f"CIFAR-10 is not in {root} ({e}). Download it with download=True, or put "
-            f"cifar-10-python.tar.gz ({CIFAR10_URL}) in {root} and load again.") from e
+            f"CIFAR-10 is not in {root} ({e}): allow the download (download=True, on the "
+            f"command line --download true), or put cifar-10-python.tar.gz ({CIFAR10_URL}) "
+            f"in {root} and load again") from e
     except OSError as e:  # no network: URLError, socket errors
         raise DatasetError(
-            f"Could not download CIFAR-10 into {root} ({e}). Offline? Download "
+            f"could not download CIFAR-10 into {root} ({e}): offline? Download "
             f"cifar-10-python.tar.gz from {CIFAR10_URL} on a machine with internet, put it in "
-            f"{root}, and load again; it is unpacked from there. Or point CLR_DATA_DIR at an "
-            "ImageFolder; with no folder named, CLR_PROFILE=smoke uses synthetic images.") from e
+            f"{root}, and load again (it is unpacked from there); or point CLR_DATA_DIR at an "
+            "ImageFolder; with no folder named, CLR_PROFILE=smoke uses synthetic images") from e
     return train, test, f"CIFAR-10 (torchvision) in {root}"
 
 

@@ -57,11 +57,11 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
         device: where to run f; default the device of its parameters.
         with_z: also return z = g(h) (``encoder`` must be a ``SimCLR`` model).
         progress: show a tqdm bar.
-        bf16: bfloat16 autocast, as training uses on CUDA and AMX CPUs (``config.use_bf16``):
-            2-3x faster there.
+        bf16: bfloat16 autocast, as training uses on CUDA and AMX CPUs (``config.use_bf16``),
+            faster there (docs/record.md).
         size: resize the images to size x size pixels before f (bilinear, antialiased, as
-            torchvision's Resize); None keeps them. ``Config.eval_size``: the laptop encoder,
-            trained on 16-pixel views, scores higher on CIFAR-10 at 28 pixels than at 32.
+            torchvision's Resize); None keeps them. ``Config.eval_size``: the laptop encoder
+            trains on 16-pixel views and is evaluated at 28 pixels (chapter 08).
     Returns:
         (N, feature_dim) float32 features h on the CPU, or (h, z) with ``with_z``.
     """
@@ -131,7 +131,7 @@ def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
     """Top-1 accuracy (a fraction) of ``knn_predict`` on labelled queries."""
     num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
     pred = knn_predict(bank, bank_labels, queries, num_classes, k, t)
-    return (pred == query_labels).float().mean().item()
+    return (pred == query_labels.to(pred.device)).float().mean().item()
 
 
 # ----------------------------------------------------------------------------- linear probe
@@ -303,13 +303,17 @@ def main(argv: list[str] | None = None) -> None:
                         metavar="PIXELS", help="side of the images f sees (default: the "
                         "checkpoint's eval_size; none: as they are)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 features: 2-3x faster "
-                        "on CUDA and AMX CPUs; accuracies can move by an image or two")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 features: faster on "
+                        "CUDA and AMX CPUs; accuracies can move by an image or two")
     args = parser.parse_args(argv)
     print(json.dumps(_evaluate_cli(args)))
 
 
 def _evaluate_cli(args: argparse.Namespace) -> dict:
+    if args.max_per_class is not None and args.max_per_class < 2:
+        raise UserError(f"--max-per-class is {args.max_per_class}: give 2 or more images per "
+                        "class (val holds out a share of them), or none for all")
+    device = pick_device(args.device)
     state = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(state)
     size = getattr(args, "eval_size", cfg.eval_size)
@@ -320,7 +324,8 @@ def _evaluate_cli(args: argparse.Namespace) -> dict:
     # The checkpoint's seed, val_fraction and max_per_class give the train/val split it saw.
     splits = load_dataset(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir,
                           image_size=cfg.image_size,
-                          max_per_class=args.max_per_class or cfg.max_per_class,
+                          max_per_class=(cfg.max_per_class if args.max_per_class is None
+                                         else args.max_per_class),
                           val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download)
     if splits.classes != state["classes"]:
         raise DatasetError(f"the dataset's classes {splits.classes} differ from the "
@@ -333,7 +338,6 @@ def _evaluate_cli(args: argparse.Namespace) -> dict:
         if len(getattr(splits, name)) == 0:
             raise DatasetError(f"the {name} split of {splits.description} is empty: give "
                                "every class two images or more (val holds out a share)")
-    device = pick_device(args.device)
     result = evaluate_model(model.to(device), splits, args.split, cfg.knn_k, cfg.knn_t, device,
                             bf16=args.bf16, size=size)
     sizes = {name: len(d) for name, d in (("train", splits.train), ("val", splits.val),

@@ -18,8 +18,8 @@ the machine. A cell whose file exists is skipped, so a stopped grid resumes wher
 Every cell trains on the same class-balanced subset of train (``GRIDS[profile]``: 10,000
 images in the laptop profile) and is scored on the whole validation split; the test split is
 never read. The paper trains ResNet-50 for 100+ epochs on ImageNet; a laptop cell trains a
-small ConvNet for one to two minutes, so read the directions, not the numbers. The laptop
-results in results/ (57 cells) took 67 minutes on a 2-core CPU.
+small ConvNet for one to two minutes, so read the directions, not the numbers. Each record
+keeps the seconds its cell took and the machine (chapter 07 sums them).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from clr_lib.augment import SimCLRAugment, two_views
 from clr_lib.checkpoint import save_json
 from clr_lib.cli import ArgumentParser, run
-from clr_lib.config import Config, UserError, get_config, pick_device, use_bf16
+from clr_lib.config import (PROFILES, Config, UserError, default_profile, get_config,
+                            pick_device, use_bf16)
 from clr_lib.data import Splits, balanced_subset, load_splits
 from clr_lib.evaluate import evaluate_model
 from clr_lib.finetune import classifier_accuracy, train_supervised
@@ -326,13 +327,14 @@ def main(argv: list[str] | None = None) -> None:
                             description="Run the grids of chapter 07: the paper's four "
                             "findings at small scale. Finished cells are skipped.")
     parser.add_argument("finding", choices=FINDINGS + ("all",))
-    parser.add_argument("--profile", choices=sorted(GRIDS), default="laptop")
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="default: $CLR_PROFILE, else gpu with CUDA and laptop without")
     parser.add_argument("--out", default="results", help="folder of the JSON files")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 or an ImageFolder root")
     args = parser.parse_args(argv)
     for finding in FINDINGS if args.finding == "all" else (args.finding,):
         t0 = time.perf_counter()
-        records = run_grid(finding, args.profile, args.out, args.data_dir)
+        records = run_grid(finding, args.profile or default_profile(), args.out, args.data_dir)
         cpu_min = sum(r["seconds"]["train"] + r["seconds"]["measure"] for r in records) / 60
         print(json.dumps(dict(finding=finding, cells=len(records), out=str(args.out),
                               minutes_now=round((time.perf_counter() - t0) / 60, 1),

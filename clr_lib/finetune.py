@@ -13,7 +13,8 @@ Two baselines use the same code, so that only the starting point differs:
                                  minutes) of its Config: the supervised row of chapter 05.
 
 ``baselines`` trains both for a checkpoint once and saves them beside it, for chapter 05 to
-load (a laptop run's take about 25 minutes, so they belong in a terminal):
+load (the supervised network trains as long as the SimCLR run did, so they belong in a
+terminal):
 
     python -m clr_lib.finetune runs/laptop            # writes supervised.pt, baselines.json
 """
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 from clr_lib.augment import SimCLRAugment, augment_batch
 from clr_lib.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, save_json
 from clr_lib.cli import ArgumentParser, run
-from clr_lib.config import Config, pick_device, use_bf16
+from clr_lib.config import Config, UserError, pick_device, use_bf16
 from clr_lib.data import DatasetError, ImageData, balanced_subset, load_dataset
 from clr_lib.evaluate import evaluate_model, extract_features
 from clr_lib.models import build_encoder, build_model
@@ -81,6 +82,8 @@ def finetune(encoder: nn.Module, data: ImageData, steps: int | None = None, *,
     """
     if (steps is None) == (budget_minutes is None):
         raise ValueError("Give finetune either steps or budget_minutes.")
+    if steps is not None and steps < 1:
+        raise UserError(f"fine-tuning for {steps} steps trains nothing: give 1 or more")
     device = torch.device(device) if device else pick_device()
     torch.manual_seed(seed)  # the new linear layer
     model = Classifier(copy.deepcopy(encoder), len(data.classes)).to(device).train()

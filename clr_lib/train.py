@@ -80,6 +80,9 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     if steps_per_epoch == 0:
         raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(splits.train)} "
                         "training images: lower --batch-size, or add images")
+    if len(splits.val) == 0:
+        raise UserError(f"the validation split of {splits.description} is empty, and the kNN "
+                        "monitor needs it: give every class two images or more")
     if saved and (saved["classes"], saved.get("train_images", len(splits.train))) != \
             (splits.classes, len(splits.train)):
         raise UserError(f"the run in {run_dir} was trained on other data ({len(saved['classes'])}"
@@ -112,9 +115,9 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     model.train()
     while step < total:
         epoch, t_epoch = step // steps_per_epoch, time.perf_counter()
-        perm = torch.randperm(len(images), generator=rng["order"])
+        perm = torch.randperm(len(images), generator=rng["order"]).to(device)  # once an epoch
         for b in range(step % steps_per_epoch, steps_per_epoch):
-            idx = perm[b * cfg.batch_size + rank * local_batch:][:local_batch].to(device)
+            idx = perm[b * cfg.batch_size + rank * local_batch:][:local_batch]
             factor = lr_at(step, total, warmup, 1.0, cfg.lr_schedule)  # warmup, then decay
             full = step >= (1 - cfg.full_size_fraction) * total
             if full and full_from is None:
@@ -234,8 +237,9 @@ def _saved_run(run_dir, cfg: Config, apply_changes: bool) -> dict:
     said = ", ".join(f"{k} {then[k]!r} -> {now[k]!r}" for k in (fixed or changed))
     if fixed:
         raise UserError(f"the run in {run_dir} cannot continue with other {said}: these set "
-                        "the weights' shapes, the data or the run's length; start a new run "
-                        "with another --out")
+                        "the weights' shapes, the data or the run's length; resume with the "
+                        "run's own values (and its --profile), or start a new run with "
+                        "another --out")
     if changed and not apply_changes:
         raise UserError(f"the run in {run_dir} was made with other values ({said}): resume "
                         "with the run's own options, start a new run with another --out, or "
@@ -247,9 +251,14 @@ def _saved_run(run_dir, cfg: Config, apply_changes: bool) -> dict:
 
 def _restore(state, cfg, model, optimizer, rng, apply_changes, total):
     """Load a checkpoint's weights, optimiser, random streams and history into this run."""
-    model.load_state_dict(state["model"])
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as e:  # another layout of weights or state
+        raise CheckpointError(f"the checkpoint's weights or optimiser state do not fit this "
+                              f"version of clr_lib ({type(e).__name__}): start a new run with "
+                              "another --out") from None
     history = state["history"]
     if apply_changes and state["changed"]:  # the Config's values, not the checkpoint's
         for group, values in zip(optimizer.param_groups, fresh):
@@ -303,6 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else runs_dir() / cfg.profile
     if args.apply_changes and not args.resume:
         raise UserError("--apply-changes goes with --resume: add --resume, or drop it")
+    if cfg.num_epochs == 0:
+        raise UserError("--epochs is 0, so nothing would train: give 1 or more")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: name a folder for the run")
     if not args.resume and (out / CHECKPOINT).exists():
         raise UserError(f"{out / CHECKPOINT} exists: add --resume to continue it, or choose "
                         "another --out")

@@ -345,3 +345,19 @@ def test_cutout_covers_a_half_side_square_with_the_mean_colour():
     mean = torch.tensor(CIFAR10_MEAN).view(3, 1)
     i = int(t["cutout"].nonzero()[0])
     assert torch.allclose(views[i][:, cut[i]], mean.expand(3, int(cut[i].sum())))
+
+
+def test_an_accelerator_selects_with_where_and_gets_the_same_views(monkeypatch):
+    """On an accelerator every op runs on the whole batch and torch.where keeps it where it
+    applies (no host sync); on a CPU it runs on the selected images only. Same views."""
+    import clr_lib.augment as A
+
+    aug = SimCLRAugment(blur_p=0.5, rotate_p=0.5, cutout_p=0.5)
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    t = A.sample_params(48, aug, 32, 32, torch.Generator().manual_seed(1))
+    assert t["blur"].any() and not t["blur"].all() and t["jitter"].any()
+    selected = apply_params(images, t, aug)
+    monkeypatch.setattr(A, "_computes_selected_only", lambda device: False)
+    where = apply_params(images, t, aug)
+    torch.testing.assert_close(where, selected, atol=1e-6, rtol=0)

@@ -111,7 +111,7 @@ def offline_download(d, run):
     (d / "data").mkdir()
     return Case("train", ["--dataset", "cifar10", "--data-dir", str(d / "data"), "--download",
                           "true", "--out", str(d / "out")],
-                (f"Could not download CIFAR-10 into {d / 'data'}", "cifar-10-python.tar.gz",
+                (f"could not download CIFAR-10 into {d / 'data'}", "cifar-10-python.tar.gz",
                  f"put it in {d / 'data'}"), [d / "out", d / "data"])
 
 
@@ -200,7 +200,33 @@ def experiments_missing_data_dir(d, run):
                 ("the data folder /no/such/dir does not exist",), [d / "results"])
 
 
+def zero_epochs(d, run):
+    return Case("train", [*RUN, "--epochs", "0", "--out", str(d / "out")],
+                ("--epochs is 0, so nothing would train: give 1 or more",), [d / "out"])
+
+
+def out_is_a_file(d, run):
+    (d / "out").write_text("a file, not a folder\n")
+    return Case("train", [*RUN, "--out", str(d / "out")],
+                (f"--out {d / 'out'} is a file: name a folder for the run",), [d / "out"])
+
+
+def evaluate_on_an_unknown_device(d, run):
+    return Case("evaluate", [str(run), "--split", "val", "--device", "gpu"],
+                ("device 'gpu' is not a device name: use auto, cpu, cuda, cuda:N or mps",),
+                [run])
+
+
+def evaluate_with_zero_images_a_class(d, run):
+    return Case("evaluate", [str(run), "--split", "val", "--max-per-class", "0"],
+                ("--max-per-class is 0: give 2 or more images per class",), [run])
+
+
 CASES = {
+    "train: --epochs 0": (False, zero_epochs),
+    "train: --out names a file": (False, out_is_a_file),
+    "evaluate: --device gpu": (True, evaluate_on_an_unknown_device),
+    "evaluate: --max-per-class 0": (True, evaluate_with_zero_images_a_class),
     "train: --data-dir that does not exist": (False, missing_data_dir),
     "train: the smoke batch on a small ImageFolder": (False, batch_larger_than_the_folder),
     "train: --temperature -1": (False, negative_temperature),

@@ -231,7 +231,9 @@ def one_epoch_run(tmp_path_factory, splits):
     ("width", 16, 8), ("feature_dim", 128, None), ("proj_dim", 64, 128),
     ("proj_hidden_dim", 32, None), ("head", "linear", "nonlinear"),  # the weights' shapes
     ("seed", 1, 0), ("batch_size", 16, 32), ("n_views", 4, 2),  # the data and its order
-    ("optimizer", "sgd", "adamw")])
+    ("optimizer", "sgd", "adamw"), ("encoder", "resnet18", "convnet"),
+    ("image_size", 24, 32), ("max_per_class", 8, 16), ("val_fraction", 0.2, 0.1),
+    ("budget_minutes", 1.0, None)])
 def test_resume_refuses_fields_that_set_shapes_data_or_order(one_epoch_run, splits, field,
                                                              value, old):
     before = files(one_epoch_run)
