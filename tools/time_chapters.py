@@ -27,8 +27,8 @@ RECORD = ROOT / "results" / "learner_times.json"
 
 
 def minutes(seconds: float) -> str:
-    """A learner's reading of a duration: '40 s', '2 min', '17 min'."""
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    """A learner's reading of a duration: '40 s', '4.7 min', '17.4 min'."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def run(chapter: Path, env: dict) -> float:
