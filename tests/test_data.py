@@ -284,7 +284,7 @@ def test_cifar10_download_failing_offline_says_where_to_put_the_archive(tmp_path
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
     monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
-    with pytest.raises(DatasetError, match=f"Offline.*cifar-10-python.tar.gz.*{tmp_path}"):
+    with pytest.raises(DatasetError, match=f"offline.*cifar-10-python.tar.gz.*{tmp_path}"):
         load_dataset("cifar10", tmp_path, download=True)
 
 
