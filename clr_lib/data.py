@@ -259,7 +259,8 @@ def _list_image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]], 
         names = sorted(e.name for e in os.scandir(folder / name)
                        if e.is_file() and not e.name.startswith("."))
         files += [(os.path.join(folder, name, n), label) for n in names]
-    empty = [name for label, name in enumerate(classes) if all(f[1] != label for f in files)]
+    found = {label for _, label in files}
+    empty = [name for label, name in enumerate(classes) if label not in found]
     if empty:
         raise DatasetError(f"the class folder(s) {', '.join(str(folder / n) for n in empty)} "
                            "hold no files: add the class's images, or remove the folder")
@@ -286,7 +287,8 @@ def _read_image_folder(folder: Path, image_size: int, max_per_class: int | None)
     if resized:
         warnings.warn(f"{resized} image(s) in {folder} were not {image_size}x{image_size} and were "
                       f"resized to {image_size}x{image_size}.")
-    unreadable = [classes[c] for c in range(len(classes)) if c not in set(labels)]
+    read = set(labels)
+    unreadable = [name for label, name in enumerate(classes) if label not in read]
     if unreadable:
         raise DatasetError(f"no readable image in the class folder(s) "
                            f"{', '.join(str(folder / n) for n in unreadable)}: put jpg or png "
