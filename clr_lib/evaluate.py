@@ -33,7 +33,7 @@ from clr_lib.augment import normalize
 from clr_lib.checkpoint import load_checkpoint, model_from_checkpoint
 from clr_lib.cli import ArgumentParser, optional_int, run
 from clr_lib.config import UserError, pick_device
-from clr_lib.data import DatasetError, Splits, balanced_subset, load_dataset
+from clr_lib.data import DatasetError, Splits, balanced_subset, load_splits
 from clr_lib.models import build_model
 
 # L2 penalties tried by the probe, strongest first (each fit warm-starts the next). The
@@ -322,11 +322,9 @@ def _evaluate_cli(args: argparse.Namespace) -> dict:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
     # The checkpoint's seed, val_fraction and max_per_class give the train/val split it saw.
-    splits = load_dataset(args.dataset or cfg.dataset, args.data_dir or cfg.data_dir,
-                          image_size=cfg.image_size,
-                          max_per_class=(cfg.max_per_class if args.max_per_class is None
-                                         else args.max_per_class),
-                          val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download)
+    splits = load_splits(cfg.replace(
+        dataset=args.dataset or cfg.dataset, data_dir=args.data_dir or cfg.data_dir,
+        max_per_class=cfg.max_per_class if args.max_per_class is None else args.max_per_class))
     if splits.classes != state["classes"]:
         raise DatasetError(f"the dataset's classes {splits.classes} differ from the "
                            f"checkpoint's {state['classes']}: evaluate on the data it was "

@@ -35,7 +35,7 @@ from clr_lib.augment import SimCLRAugment, augment_batch
 from clr_lib.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, save_json
 from clr_lib.cli import ArgumentParser, run
 from clr_lib.config import Config, UserError, pick_device, use_bf16
-from clr_lib.data import DatasetError, ImageData, balanced_subset, load_dataset
+from clr_lib.data import DatasetError, ImageData, balanced_subset, load_splits
 from clr_lib.evaluate import evaluate_model, extract_features
 from clr_lib.models import build_encoder, build_model
 from clr_lib.optim import lr_at, steps_in_budget
@@ -176,9 +176,7 @@ def baselines(run_dir, data_dir: str | None = None, finetune_steps: int = 300,
     run_dir, start = Path(run_dir), time.perf_counter()
     state = load_checkpoint(run_dir)
     model, cfg = model_from_checkpoint(state)
-    splits = load_dataset(cfg.dataset, data_dir or cfg.data_dir, image_size=cfg.image_size,
-                          max_per_class=cfg.max_per_class, val_fraction=cfg.val_fraction,
-                          seed=cfg.seed, download=cfg.download)
+    splits = load_splits(cfg.replace(data_dir=data_dir or cfg.data_dir))
     if splits.classes != state["classes"]:
         raise DatasetError(f"the data's classes differ from those of the checkpoint in "
                            f"{run_dir}: name the data it was trained on with --data-dir")
