@@ -88,9 +88,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _data_root(data_dir) -> tuple[Path, bool]:
-    """(the data folder, whether the user named it)."""
+    """(the data folder, whether the user named it). A relative folder is read from the
+    working directory, else from the course folder: a chapter's kernel runs in notebooks/,
+    while ``CLR_DATA_DIR=../shared/...`` was typed in the course folder."""
     named = data_dir or os.environ.get("CLR_DATA_DIR")
-    return Path(named or project_dir() / "data").expanduser(), bool(named)
+    if not named:
+        return project_dir() / "data", False
+    path = Path(named).expanduser()
+    if not path.is_absolute() and not path.exists() and (project_dir() / path).exists():
+        path = project_dir() / path
+    return path, True
 
 
 def cache_dir() -> Path:

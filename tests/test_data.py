@@ -398,3 +398,14 @@ def test_atomic_write_whose_rename_fails_leaves_the_old_file_and_no_temporary_fi
         atomic_write(target, lambda f: f.write(b"new contents"))
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
     assert target.read_bytes() == b"old contents"
+
+
+def test_a_relative_data_folder_is_found_from_the_course_folder_too(tmp_path, monkeypatch):
+    """A chapter's kernel runs in notebooks/; CLR_DATA_DIR=data/x was typed in the course
+    folder. The working directory wins when the folder is there too."""
+    from clr_lib.data import project_dir, resolve_data_dir
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data_dir("tests") == project_dir() / "tests"  # not in tmp_path
+    (tmp_path / "tests").mkdir()
+    assert resolve_data_dir("tests") == Path("tests")  # from the working directory
+    assert resolve_data_dir("no/such/dir") == Path("no/such/dir")  # named, reported as typed
