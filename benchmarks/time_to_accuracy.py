@@ -28,7 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clr_lib.augment import SimCLRAugment, reference_transform, two_views
-from clr_lib.config import get_config, pick_device, use_bf16
+from clr_lib.config import get_config
+from clr_lib.device import pick_device, use_bf16
 from clr_lib.data import load_splits
 from clr_lib.loss import nt_xent
 from clr_lib.models import build_model

@@ -4,13 +4,15 @@ The data path walks one way, one module a step, each named after the paper's ter
     data (uint8 images) -> augment (x_i, x_j, ...) -> models (f: h, g: z) -> loss (NT-Xent)
     -> optim (schedule, LARS, Muon) -> train (the loop) -> evaluate (kNN, linear probe)
     -> finetune (few labels, supervised baseline) -> maps (PCA, UMAP) -> viz (pictures).
-config holds the hyperparameters, checkpoint reads and writes runs, distributed and cli
-serve torchrun and the command lines, diagnostics and experiments serve chapters 03 and 07.
+config holds the hyperparameters, device says where they run, checkpoint reads and writes
+runs, distributed and cli serve torchrun and the command lines, diagnostics and experiments
+serve chapters 03 and 07.
 """
 
-from clr_lib.config import Config, UserError, get_config, pick_device, use_bf16
+from clr_lib.config import Config, UserError, get_config
 from clr_lib.data import (DatasetError, ImageData, Splits, balanced_subset, load_dataset,
                           load_splits, make_synthetic)
+from clr_lib.device import pick_device, use_bf16
 from clr_lib.augment import (CIFAR10_MEAN, CIFAR10_STD, SimCLRAugment, apply_params, augment_batch,
                              denormalize, make_views, normalize, reference_transform,
                              sample_params, two_views)

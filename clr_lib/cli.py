@@ -1,9 +1,10 @@
 """What the command lines share: every Config field as an option, and one-line errors.
 
 Used by ``python -m clr_lib.train``, ``python -m clr_lib.evaluate``,
-``python -m clr_lib.experiments`` and ``python -m clr_lib.finetune``. A mistake of the user's (a bad value, a path that does not
-exist, a file that is not a checkpoint) prints one line, ``error: <what is wrong>: <how to fix
-it>``, and exits with status 2: no traceback, and nothing written.
+``python -m clr_lib.experiments`` and ``python -m clr_lib.finetune``. A mistake of the user's
+(a bad value, a path that does not exist, a file that is not a checkpoint) prints one line,
+``error: <what is wrong>: <how to fix it>``, and exits with status 2: no traceback, and
+nothing written.
 """
 
 from __future__ import annotations

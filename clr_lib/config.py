@@ -1,19 +1,16 @@
-"""One dataclass of hyperparameters, the three profiles of the course, and the machine.
+"""One dataclass of hyperparameters and the three profiles of the course.
 
 Introduced in chapter 00. Every field says its unit and, where SimCLR (Chen et al., 2020)
 states a value, the paper's value beside the course's. A Config checks itself when it is
 made (``Config.__post_init__``), so a bad value stops every entry point (functions,
 notebooks, CLIs) with the same message before any data is loaded or any step is taken.
 
-Profiles:
-    smoke   seconds on any CPU: tests, CI, every notebook under nbval.
-    laptop  a CPU learner with a 15-minute training budget (small ConvNet encoder).
-    gpu     ResNet-18 with the CIFAR stem and the paper's recipe (Sections 2.3, B.9).
-
-The profile comes from the argument, else the ``CLR_PROFILE`` environment variable, else
-``gpu`` when CUDA is available and ``laptop`` otherwise. ``CLR_BUDGET_MINUTES`` sets the
-training budget of every profile (``budget_minutes``) and changes nothing else: CI runs the
-chapters in the ``laptop`` profile with a budget of seconds.
+Profiles: ``smoke`` (seconds on any CPU: tests, CI, every notebook under nbval), ``laptop``
+(a CPU learner, a 15-minute budget, the small ConvNet) and ``gpu`` (ResNet-18 with the CIFAR
+stem and the paper's recipe, Sections 2.3 and B.9). The profile comes from the argument, else
+``$CLR_PROFILE``, else ``gpu`` when CUDA is available and ``laptop`` otherwise.
+``$CLR_BUDGET_MINUTES`` sets every profile's training budget (``budget_minutes``) and nothing
+else: CI runs the chapters in ``laptop`` with a budget of seconds.
 """
 
 from __future__ import annotations
@@ -230,29 +227,3 @@ def get_config(profile: str | None = None, **overrides) -> Config:
             raise UserError(f"CLR_BUDGET_MINUTES is {budget!r}: set it to a number of minutes, "
                             "or unset it") from None
     return Config(profile=profile).replace(**{**_PRESETS[profile], **overrides})
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; a named device must exist."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device {name!r} is not a device name: use auto, cpu, cuda, cuda:N "
-                        "or mps") from None
-    if ((device.type == "cuda" and not (torch.cuda.is_available() and
-                                         (device.index or 0) < torch.cuda.device_count()))
-            or (device.type == "mps" and not mps)):
-        raise UserError(f"device {name!r} is not available here: use device 'auto' or 'cpu'")
-    return device
-
-
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    """bf16 autocast on CUDA, and on CPUs with AMX tiles, where oneDNN runs bf16 convolutions
-    several times faster than float32 (docs/record.md); other CPUs stay in float32.
-    ``cfg.bf16`` overrides."""
-    if cfg.bf16 is not None:
-        return cfg.bf16
-    return device.type == "cuda" or (device.type == "cpu" and torch.cpu._is_amx_tile_supported())

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from clr_lib.augment import normalize
 from clr_lib.checkpoint import load_checkpoint, model_from_checkpoint
 from clr_lib.cli import ArgumentParser, optional_int, run
-from clr_lib.config import UserError, pick_device
+from clr_lib.config import UserError
 from clr_lib.data import DatasetError, Splits, balanced_subset, load_splits
+from clr_lib.device import pick_device
 from clr_lib.models import build_model
 
 # L2 penalties tried by the probe, strongest first (each fit warm-starts the next). The

@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 from clr_lib.augment import SimCLRAugment, two_views
 from clr_lib.checkpoint import save_json
 from clr_lib.cli import ArgumentParser, run
-from clr_lib.config import (PROFILES, Config, UserError, default_profile, get_config,
-                            pick_device, use_bf16)
+from clr_lib.config import PROFILES, Config, UserError, default_profile, get_config
 from clr_lib.data import Splits, balanced_subset, load_splits
+from clr_lib.device import pick_device, use_bf16
 from clr_lib.evaluate import evaluate_model
 from clr_lib.finetune import classifier_accuracy, train_supervised
 from clr_lib.loss import positive_index

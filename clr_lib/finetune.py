@@ -34,8 +34,9 @@ from tqdm.auto import tqdm
 from clr_lib.augment import SimCLRAugment, augment_batch
 from clr_lib.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, save_json
 from clr_lib.cli import ArgumentParser, run
-from clr_lib.config import Config, UserError, pick_device, use_bf16
+from clr_lib.config import Config, UserError
 from clr_lib.data import DatasetError, ImageData, balanced_subset, load_splits
+from clr_lib.device import pick_device, use_bf16
 from clr_lib.evaluate import evaluate_model, extract_features
 from clr_lib.models import build_encoder, build_model
 from clr_lib.optim import lr_at, steps_in_budget

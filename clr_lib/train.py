@@ -18,7 +18,6 @@ Every Config field is also an option (``--temperature 0.2``, ``--crop-scale 0.2 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -30,11 +29,12 @@ from tqdm.auto import tqdm
 
 from clr_lib import distributed
 from clr_lib.augment import SimCLRAugment, make_views
-from clr_lib.checkpoint import (CHECKPOINT, CheckpointError, load_checkpoint, runs_dir,
-                                save_checkpoint, save_json)
+from clr_lib.checkpoint import (CHECKPOINT, load_checkpoint, restore, resumable, runs_dir,
+                                save_run)
 from clr_lib.cli import config_from_args, config_parser, run
-from clr_lib.config import Config, UserError, pick_device, use_bf16
+from clr_lib.config import Config, UserError
 from clr_lib.data import Splits, load_splits
+from clr_lib.device import pick_device, use_bf16
 from clr_lib.evaluate import extract_features, knn_accuracy
 from clr_lib.loss import nt_xent_views
 from clr_lib.models import SimCLR, build_model
@@ -45,14 +45,6 @@ from clr_lib.optim import build_optimizer, lr_at, peak_lr, steps_in_budget
 # length after 10 steps, then re-times its pace every RETIME_EVERY steps and after every
 # epoch, since a shared CPU's pace drifts within a run.
 SYNC_EVERY, FIRST_TIMING, RETIME_EVERY = 10, 10, 100
-
-# Fields a resumed run may not change: they set the weights' shapes, the data and its order,
-# or the run's length. FREE ones may change freely; any other needs apply_changes=True.
-FIXED_ON_RESUME = ("profile", "encoder", "width", "feature_dim", "head", "proj_hidden_dim",
-                   "proj_dim", "dataset", "image_size", "max_per_class", "val_fraction",
-                   "seed", "batch_size", "n_views", "optimizer", "budget_minutes")
-FREE_ON_RESUME = ("num_epochs", "eval_every", "device", "num_threads", "data_dir",
-                  "download", "compile")
 
 
 def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike | None = None,
@@ -71,7 +63,7 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
     """
     rank, world = distributed.init()
     device = pick_device(cfg.device) if world == 1 else distributed.rank_device()
-    saved = _saved_run(run_dir, cfg, apply_changes) if resume else None  # before the data
+    saved = resumable(run_dir, cfg, apply_changes) if resume else None  # before the data
     torch.manual_seed(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -104,8 +96,8 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
                    images_per_s=[], total_steps=total)
     step, elapsed = 0, 0.0
     if saved:
-        step, elapsed, total, history = _restore(saved, cfg, model, optimizer, rng,
-                                                 apply_changes, total)
+        step, elapsed, total, history = restore(saved, cfg, model, optimizer, rng,
+                                                apply_changes, total)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device))
     budget = (cfg.budget_minutes or 0) * 60
     bar = tqdm(total=total, initial=step, desc="SimCLR", disable=not progress or rank > 0)
@@ -156,14 +148,16 @@ def train(cfg: Config, splits: Splits | None = None, run_dir: str | os.PathLike 
             total = _budget_steps(synced, budget, step, total, world, device, bar)
         history["total_steps"] = total
         if rank == 0 and run_dir:
-            _save(run_dir, model, optimizer, rng, cfg, splits, step, history, start)
+            save_run(run_dir, model, optimizer, rng, cfg, splits, step, history,
+                     time.perf_counter() - start)
         if callback and rank == 0:
             callback(history)
     bar.close()
     if rank == 0:
         _monitor(model, splits, cfg, device, step, history)
         if run_dir:
-            _save(run_dir, model, optimizer, rng, cfg, splits, step, history, start)
+            save_run(run_dir, model, optimizer, rng, cfg, splits, step, history,
+                     time.perf_counter() - start)
     return history
 
 
@@ -211,66 +205,6 @@ def _monitor(model, splits, cfg, device, step, history) -> None:
     history["knn_step"].append(step)
     history["knn_top1"].append(acc)
     model.train()
-
-
-def _save(run_dir, model, optimizer, rng, cfg, splits, step, history, start) -> None:
-    save_checkpoint(Path(run_dir) / CHECKPOINT, model=model.state_dict(),
-                    optimizer=optimizer.state_dict(), config=dataclasses.asdict(cfg),
-                    classes=splits.classes, train_images=len(splits.train), step=step,
-                    total_steps=history["total_steps"], elapsed=time.perf_counter() - start,
-                    history=history, rng={k: g.get_state() for k, g in rng.items()},
-                    torch_rng=torch.get_rng_state())
-    save_json(Path(run_dir) / "history.json", history)
-
-
-def _saved_run(run_dir, cfg: Config, apply_changes: bool) -> dict:
-    """The checkpoint to resume, once its Config is known to allow it (see FIXED_ON_RESUME)."""
-    if run_dir is None:
-        raise UserError("resume=True needs the run_dir of the run to continue: pass run_dir")
-    if not (Path(run_dir) / CHECKPOINT).is_file():
-        raise CheckpointError(f"there is no run to resume in {run_dir}: drop --resume to "
-                              "start one there, or name the run's folder with --out")
-    state = load_checkpoint(run_dir)
-    then, now = dataclasses.asdict(Config.from_dict(state["config"])), dataclasses.asdict(cfg)
-    changed = [k for k in now if then[k] != now[k] and k not in FREE_ON_RESUME]
-    fixed = [k for k in changed if k in FIXED_ON_RESUME]
-    said = ", ".join(f"{k} {then[k]!r} -> {now[k]!r}" for k in (fixed or changed))
-    if fixed:
-        raise UserError(f"the run in {run_dir} cannot continue with other {said}: these set "
-                        "the weights' shapes, the data or the run's length; resume with the "
-                        "run's own values (and its --profile), or start a new run with "
-                        "another --out")
-    if changed and not apply_changes:
-        raise UserError(f"the run in {run_dir} was made with other values ({said}): resume "
-                        "with the run's own options, start a new run with another --out, or "
-                        "add --apply-changes to continue with the new values (the history "
-                        "records them)")
-    state["changed"] = {k: [then[k], now[k]] for k in changed}
-    return state
-
-
-def _restore(state, cfg, model, optimizer, rng, apply_changes, total):
-    """Load a checkpoint's weights, optimiser, random streams and history into this run."""
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, ValueError, RuntimeError) as e:  # another layout of weights or state
-        raise CheckpointError(f"the checkpoint's weights or optimiser state do not fit this "
-                              f"version of clr_lib ({type(e).__name__}): start a new run with "
-                              "another --out") from None
-    history = state["history"]
-    if apply_changes and state["changed"]:  # the Config's values, not the checkpoint's
-        for group, values in zip(optimizer.param_groups, fresh):
-            group.update(values)
-        history.setdefault("changes", []).append(dict(step=state["step"],
-                                                      changes=state["changed"]))
-    for k, g in rng.items():
-        g.set_state(state["rng"][k])
-    torch.set_rng_state(state["torch_rng"])
-    # a budgeted run keeps its length; an epoch-based one may be extended
-    total = state["total_steps"] if cfg.budget_minutes else total
-    return state["step"], state["elapsed"], total, history
 
 
 def load_or_train(cfg: Config, splits: Splits, short_minutes: float = 3.0

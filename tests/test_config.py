@@ -3,9 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from clr_lib import config as C
 from clr_lib.config import (ENCODERS, HEADS, OPTIMIZERS, PROFILES, SCHEDULES, Config, UserError,
-                            default_profile, get_config, pick_device, use_bf16)
+                            default_profile, get_config)
 
 
 def test_profiles_differ_where_they_should():
@@ -158,22 +157,3 @@ def test_good_edge_values_are_accepted():
                      device="cuda:1", bf16=None, val_fraction=0.5, max_per_class=None)
     assert cfg.crop_scale == (1.0, 1.0) and cfg.device == "cuda:1"
     assert get_config("smoke", crop_scale=[0.2, 1.0]).crop_scale == (0.2, 1.0)  # a list: a tuple
-
-
-def test_pick_device():
-    assert pick_device("cpu").type == "cpu"
-    assert pick_device().type in {"cpu", "cuda", "mps"}
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="^device 'cuda' is not available here: use device "
-                                            "'auto' or 'cpu'"):
-            pick_device("cuda")
-
-
-def test_use_bf16(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert use_bf16(get_config("smoke", bf16=True), cpu) is True
-    assert use_bf16(get_config("smoke", bf16=False), cuda) is False
-    assert use_bf16(get_config("smoke"), cuda) is True
-    for amx in (True, False):  # on a CPU, where it has AMX tiles
-        monkeypatch.setattr(C.torch.cpu, "_is_amx_tile_supported", lambda: amx)
-        assert use_bf16(get_config("smoke"), cpu) is amx
