@@ -58,7 +58,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, batch_size: int =
         device: where to run f; default the device of its parameters.
         with_z: also return z = g(h) (``encoder`` must be a ``SimCLR`` model).
         progress: show a tqdm bar.
-        bf16: bfloat16 autocast, as training uses on CUDA and AMX CPUs (``config.use_bf16``),
+        bf16: bfloat16 autocast, as training uses on CUDA and AMX CPUs (``device.use_bf16``),
             faster there (docs/record.md).
         size: resize the images to size x size pixels before f (bilinear, antialiased, as
             torchvision's Resize); None keeps them. ``Config.eval_size``: the laptop encoder
@@ -185,7 +185,7 @@ def fit_linear_probe(feats: torch.Tensor, labels: torch.Tensor, num_classes: int
         loss.backward()
         return loss
 
-    with _one_thread():
+    with _threads_for(x.numel()):
         opt.step(closure)
     return probe.requires_grad_(False)
 
@@ -240,12 +240,17 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
     return ProbeResult(probe, best, scores, where)
 
 
+SMALL_PROBE = 2_000_000  # feature values; a probe this small is fitted on one CPU thread
+
+
 @contextmanager
-def _one_thread():
-    """L-BFGS on probe-sized problems is a chain of tiny matrix products, which one CPU thread
-    runs faster than several (on a 2-core CPU, often several times faster)."""
+def _threads_for(values: int):
+    """A small probe's L-BFGS is a chain of tiny matrix products, which one CPU thread runs
+    faster than several that wait on each other (900 x 128 features on a busy 2-core CPU: 0.6 s
+    against 12.8 s); a large one (45,000 x 1,024) runs about twice as fast on two threads
+    (docs/record.md). One thread below SMALL_PROBE values, torch's default above."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1 if values < SMALL_PROBE else threads)
     try:
         yield
     finally:

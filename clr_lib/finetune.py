@@ -77,7 +77,7 @@ def finetune(encoder: nn.Module, data: ImageData, steps: int | None = None, *,
         steps: optimiser steps; or ``budget_minutes`` of wall clock (timed over the first steps).
         aug: default crops and flips at 32 pixels (``finetune_augment``).
         batch_size: images per step (fewer when ``data`` is smaller).
-        bf16: bfloat16 autocast (CUDA, and CPUs with AMX; see ``config.use_bf16``).
+        bf16: bfloat16 autocast (CUDA, and CPUs with AMX; see ``device.use_bf16``).
     Returns:
         the classifier (in eval mode) and its history: step, loss, seconds (lists).
     """
@@ -190,8 +190,8 @@ def baselines(run_dir, data_dir: str | None = None, finetune_steps: int = 300,
     save_checkpoint(run_dir / "supervised.pt", model=supervised.state_dict(),
                     classes=splits.classes, step=state["step"])
     table = {}
-    for name, net in (("random init h", random_model), ("supervised h", supervised.encoder)):
-        r = evaluate_model(net.to(device), splits, report, cfg.knn_k, cfg.knn_t, device,
+    for name, net in (("random init h", random_model), ("supervised h", supervised)):
+        r = evaluate_model(net.encoder.to(device), splits, report, cfg.knn_k, cfg.knn_t, device,
                            bf16=bf16, size=cfg.eval_size)
         table[name] = {"kNN": r["knn_top1"], "linear": r["linear_top1"]}
     curves = {"SimCLR, fine-tuned": [], "from scratch": []}
