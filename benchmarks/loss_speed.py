@@ -12,14 +12,8 @@
    laptop ConvNet at width 32, ResNet-18 and ResNet-50 with the CIFAR stem). ResNet-50 is
    measured at a smaller batch on a CPU (a batch of 256 takes about a minute) and says so.
 
-Measured on the 2-core CPU alone (nothing else running; torch 2.14.1, float32, seed 0):
-    Algorithm 1, loops over pairs      6684.5 ms
-    loop over anchors, vectorised        23.1 ms
-    clr_lib.loss.nt_xent                  0.95 ms  (3.1 ms with backward)
-    speed-up of nt_xent: 7,055x over the pair loops, 24x over the anchor loop
-    convnet (width 32)  batch 256:  335.5 images/s
-    resnet18            batch 256:   29.2 images/s
-    resnet50            batch 256:    7.8 images/s  (--resnet50-batch 256)
+Run it alone: other jobs on the same cores change every figure. Figures measured with it, with
+the machine: docs/record.md.
 """
 
 from __future__ import annotations
