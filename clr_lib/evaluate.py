@@ -240,15 +240,14 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
     return ProbeResult(probe, best, scores, where)
 
 
-SMALL_PROBE = 2_000_000  # feature values; a probe this small is fitted on one CPU thread
+SMALL_PROBE = 2_000_000  # feature values below which a probe is fitted on one CPU thread
 
 
 @contextmanager
 def _threads_for(values: int):
     """A small probe's L-BFGS is a chain of tiny matrix products, which one CPU thread runs
-    faster than several that wait on each other (900 x 128 features on a busy 2-core CPU: 0.6 s
-    against 12.8 s); a large one (45,000 x 1,024) runs about twice as fast on two threads
-    (docs/record.md). One thread below SMALL_PROBE values, torch's default above."""
+    faster than several that wait on each other, on a busy CPU most of all; a large one (all of
+    CIFAR-10's train) is faster on torch's threads. Measured figures: docs/record.md."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if values < SMALL_PROBE else threads)
     try:
